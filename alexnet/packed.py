@@ -1,0 +1,148 @@
+"""The prepared data set on disk: 256x256 images packed into shard files, with an index.
+
+Layout of a prepared folder (written by ``alexnet.prepare``, read by the loaders)::
+
+    meta.json            {"format": "alexnet-packed", "version": 1, "encoding": "jpeg" | "raw",
+                          "image_size": 256, "classes": [wnid, ...],
+                          "splits": {"train": {"count": N, "shards": ["train/x.bin", ...]}, ...}}
+    <split>/index.npy    int64 (N, 4): shard number, byte offset, byte length, label
+    <split>/*.bin        shards: concatenated JPEG files (encoding jpeg, RGB, 4:4:4) or raw
+                         256x256x3 uint8 HWC images (encoding raw)
+    stats.npz            the training split's per-pixel mean image and RGB covariance (0-255)
+    report.json          what prepare converted, skipped or found missing
+
+One record is one contiguous byte range, so a random read is one memory-mapped slice and a
+sequential pass reads each shard front to back. ``meta.json`` is written last, atomically: a
+folder without it is an unfinished preparation, never mistaken for a complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from alexnet.errors import UserError
+
+FORMAT = "alexnet-packed"
+VERSION = 1
+INDEX_COLUMNS = 4  # shard, offset, length, label
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Training-set pixel statistics on the raw 0-255 RGB scale (paper §2 and §4.1)."""
+
+    mean: np.ndarray  # (3, S, S) float64, the per-pixel mean image
+    cov: np.ndarray  # (3, 3) float64, covariance of RGB pixel values
+    eigval: np.ndarray  # (3,) eigenvalues of cov, descending
+    eigvec: np.ndarray  # (3, 3) columns are the matching unit eigenvectors
+    pixels: int  # number of pixels the covariance was computed over
+
+
+def eig_descending(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors (columns) of a symmetric 3x3 matrix."""
+    eigval, eigvec = np.linalg.eigh(cov)
+    order = np.argsort(eigval)[::-1]
+    return eigval[order], eigvec[:, order]
+
+
+def save_stats(root: Path, mean: np.ndarray, cov: np.ndarray, pixels: int) -> Stats:
+    eigval, eigvec = eig_descending(cov)
+    stats = Stats(mean=mean, cov=cov, eigval=eigval, eigvec=eigvec, pixels=pixels)
+    tmp = root / "stats.tmp.npz"
+    np.savez(tmp, mean=mean, cov=cov, eigval=eigval, eigvec=eigvec, pixels=np.int64(pixels))
+    os.replace(tmp, root / "stats.npz")
+    return stats
+
+
+def load_stats(root: str | Path) -> Stats:
+    path = Path(root) / "stats.npz"
+    if not path.is_file():
+        raise UserError(f"{path} is missing: prepare the data set with `python -m alexnet.prepare`")
+    with np.load(path) as z:
+        return Stats(z["mean"], z["cov"], z["eigval"], z["eigvec"], int(z["pixels"]))
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_meta(root: str | Path) -> dict[str, Any]:
+    """Read and check ``meta.json``; a clear ``UserError`` if the folder is not a prepared set."""
+    root = Path(root)
+    path = root / "meta.json"
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist (set data.root, or run `make prepare`)")
+    if not path.is_file():
+        raise UserError(
+            f"{root} is not a prepared data set (no meta.json): run "
+            f"`python -m alexnet.prepare SOURCE {root}` first, or finish an interrupted run"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path} is unreadable: {err}") from None
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise UserError(f"{path}: not an {FORMAT} v{VERSION} data set (found {meta.get('format')!r})")
+    return meta
+
+
+class PackedSplit:
+    """Random access to one split of a prepared data set.
+
+    Shards are memory-mapped lazily, so the object pickles cheaply into DataLoader workers.
+    """
+
+    def __init__(self, root: str | Path, split: str) -> None:
+        self.root = Path(root)
+        meta = read_meta(self.root)
+        if split not in meta["splits"]:
+            have = ", ".join(sorted(meta["splits"])) or "none"
+            raise UserError(f"{self.root} has no split {split!r} (it has: {have})")
+        self.split = split
+        self.classes: list[str] = list(meta["classes"])
+        self.encoding: str = meta["encoding"]
+        self.image_size: int = int(meta["image_size"])
+        self.shard_paths = [self.root / s for s in meta["splits"][split]["shards"]]
+        self.index = np.load(self.root / split / "index.npy")
+        if self.index.shape != (meta["splits"][split]["count"], INDEX_COLUMNS):
+            raise UserError(f"{self.root / split / 'index.npy'} does not match meta.json; re-run prepare")
+        self.labels = torch.from_numpy(self.index[:, 3].copy())
+        self._maps: list[np.memmap] | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_maps"] = None
+        return state
+
+    def raw(self, i: int) -> torch.Tensor:
+        """The stored bytes of record ``i`` as a 1-D uint8 tensor (shares the mapped memory)."""
+        if self._maps is None:
+            # copy-on-write ("c"): views are writable for torch, the file itself is never modified
+            self._maps = [np.memmap(p, dtype=np.uint8, mode="c") for p in self.shard_paths]
+        shard, offset, length, _ = self.index[i]
+        return torch.from_numpy(np.asarray(self._maps[shard][offset : offset + length]))
+
+    def image(self, i: int) -> torch.Tensor:
+        """Record ``i`` decoded to a (3, S, S) uint8 RGB tensor."""
+        data = self.raw(i)
+        if self.encoding == "raw":
+            s = self.image_size
+            return data.view(s, s, 3).permute(2, 0, 1)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        return decode_jpeg(data, mode=ImageReadMode.RGB)
