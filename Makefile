@@ -1,0 +1,72 @@
+# Front door for the alexnet project. `make help` lists the targets.
+# The environment is a venv in .venv with torch/torchvision pinned by constraints.txt.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+CONFIG ?= configs/ilsvrc2012.yaml
+RAW    ?= /data/ILSVRC2012
+DATA   ?= data/ilsvrc2012
+CKPT   ?= runs/ilsvrc2012/best.pt
+GPUS   ?= 8
+SET    ?=
+SETS   := $(foreach s,$(SET),--set $(s))
+
+.PHONY: help venv test test-gpu demo demo-data prepare train train-2gpu train-ddp eval tensorboard bench bench-data bench-train summary clean
+
+help:  ## list the targets
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv with pinned torch 2.14.1 / torchvision 0.29.1
+
+test: $(STAMP)  ## run the test suite on CPU (GPU tests skip themselves)
+	$(PY) -m pytest -q
+
+test-gpu: $(STAMP)  ## run only the tests that need CUDA
+	$(PY) -m pytest -q -m "cuda or two_gpus"
+
+demo-data: $(STAMP)  ## generate and prepare the built-in data set (data/synthetic*)
+	@test -d data/synthetic || $(PY) -m alexnet.synthetic data/synthetic
+	$(PY) -m alexnet.prepare data/synthetic data/synthetic-prepared
+
+demo: demo-data  ## train the faithful net on the built-in data on CPU (~10 min), evaluate 1 and 10 crops
+	$(PY) -m alexnet.train --config configs/demo.yaml --resume auto $(SETS)
+	$(PY) -m alexnet.eval --checkpoint runs/demo/best.pt --json runs/demo/eval.json --no-progress
+
+prepare: $(STAMP)  ## RAW=/path/to/ILSVRC2012 DATA=data/ilsvrc2012: resize to 256, pack, mean + PCA
+	$(PY) -m alexnet.prepare $(RAW) $(DATA)
+
+train: $(STAMP)  ## CONFIG=... SET="k=v ...": train on one device (or resume: SET stays the same)
+	$(PY) -m alexnet.train --config $(CONFIG) --resume auto $(SETS)
+
+train-2gpu: $(STAMP)  ## the paper's two towers on cuda:0 and cuda:1 (model parallel, one process)
+	$(PY) -m alexnet.train --config $(CONFIG) --resume auto --set parallel.mode=two_device $(SETS)
+
+train-ddp: $(STAMP)  ## GPUS=8: data parallel with torchrun (global batch = train.batch_size)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m alexnet.train --config $(CONFIG) \
+		--resume auto --set parallel.mode=ddp $(SETS)
+
+eval: $(STAMP)  ## CKPT=runs/x/best.pt: top-1/top-5 error with 1 and 10 crops
+	$(PY) -m alexnet.eval --checkpoint $(CKPT)
+
+tensorboard: $(STAMP)  ## serve runs/ on http://localhost:6006
+	$(VENV)/bin/tensorboard --logdir runs
+
+bench: bench-data bench-train  ## all benchmarks (figures go to docs/BENCHMARKS.md by hand)
+
+bench-data: $(STAMP)  ## loader images/s vs ImageFolder+PIL on the built-in data
+	$(PY) -m alexnet.bench data --data data/synthetic-prepared --raw data/synthetic
+
+bench-train: $(STAMP)  ## training-step images/s on synthetic input
+	$(PY) -m alexnet.bench train
+
+clean:  ## remove generated data, runs and the venv
+	rm -rf data/synthetic data/synthetic-prepared runs $(VENV)
