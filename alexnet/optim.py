@@ -1,0 +1,247 @@
+"""The paper's SGD (§5), its parameter groups, and the learning-rate schedules.
+
+Paper §5: batch 128, momentum 0.9, weight decay 0.0005, and the update
+
+    v <- 0.9 v - 0.0005 lr w - lr <dL/dw>,    w <- w + v.
+
+The learning rate sits *inside* the velocity, so when lr is divided by 10 the velocity built
+with the old rate decays geometrically (0.9^k) instead of shrinking at once. ``PaperSGD`` does
+exactly that. ``torch.optim.SGD`` keeps ``buf = m buf + g + wd w`` and steps ``w -= lr buf``:
+identical while lr is constant (v = -lr buf), different at every lr change (faithful-spec 4.1).
+
+Schedules are pure functions (``plateau_step``, ``milestone_scale``) wrapped by a small stateful
+``LRSchedule`` that the trainer checkpoints. Epochs are 0-based everywhere in this module.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from alexnet import paper
+from alexnet.config import OptimConfig, ScheduleConfig
+from alexnet.errors import UserError
+
+EVENTS = ("improved", "wait", "drop", "stop")  # what plateau_step / LRSchedule.observe return
+
+
+class PaperSGD(torch.optim.Optimizer):
+    """SGD with momentum in the paper's form: velocity in parameter units (§5).
+
+    Per step and parameter: ``v = momentum * v - weight_decay * lr * w - lr * g``, then
+    ``w = w + v``. The velocity starts at zero and is kept in ``state[p]["velocity"]``. Each
+    param group has ``lr``, ``momentum`` and ``weight_decay``; extra keys (``lr_mult``, ``name``)
+    are kept untouched. Defaults are the paper's momentum and weight decay.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        momentum: float = paper.MOMENTUM,
+        weight_decay: float = paper.WEIGHT_DECAY,
+    ) -> None:
+        if lr < 0 or not 0.0 <= momentum < 1.0 or weight_decay < 0:
+            raise ValueError(
+                f"PaperSGD needs lr >= 0, 0 <= momentum < 1, weight_decay >= 0; "
+                f"got lr={lr}, momentum={momentum}, weight_decay={weight_decay}"
+            )
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One update of every parameter that has a gradient; returns ``closure()`` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            # Group by (device, dtype) so every foreach call sees one kind of tensor.
+            buckets: dict[tuple[torch.device, torch.dtype], tuple[list, list, list]] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("PaperSGD does not support sparse gradients")
+                state = self.state[p]
+                if "velocity" not in state:
+                    state["velocity"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                ps, gs, vs = buckets.setdefault((p.device, p.dtype), ([], [], []))
+                ps.append(p)
+                gs.append(p.grad)
+                vs.append(state["velocity"])
+            for ps, gs, vs in buckets.values():
+                torch._foreach_mul_(vs, momentum)  # v = m v
+                if decay != 0:
+                    torch._foreach_add_(vs, ps, alpha=-decay * lr)  # - wd lr w
+                torch._foreach_add_(vs, gs, alpha=-lr)  # - lr g
+                torch._foreach_add_(ps, vs)  # w = w + v
+        return loss
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """Split the trainable parameters into a "weights" and a "biases" group.
+
+    Rule: a parameter is a bias when the attribute holding it on its own module is named
+    exactly ``bias`` (``conv1.bias``, ``fc8.bias``); every other parameter is a weight, whatever
+    its shape. No substring matching. Shared parameters are counted once; parameters with
+    ``requires_grad=False`` are left out. Empty groups are dropped.
+
+    Weights get ``lr_mult`` 1 and ``cfg.weight_decay`` (§5); biases get ``cfg.bias_lr_mult``
+    and ``cfg.bias_weight_decay`` (None = ``cfg.weight_decay``). Each group's ``lr`` is already
+    ``cfg.lr * lr_mult``.
+    """
+    weights: list[nn.Parameter] = []
+    biases: list[nn.Parameter] = []
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if id(p) in seen or not p.requires_grad:
+                continue
+            seen.add(id(p))
+            (biases if name == "bias" else weights).append(p)
+    bias_decay = cfg.weight_decay if cfg.bias_weight_decay is None else cfg.bias_weight_decay
+    groups = [
+        {"name": "weights", "params": weights, "lr_mult": 1.0, "weight_decay": cfg.weight_decay},
+        {"name": "biases", "params": biases, "lr_mult": cfg.bias_lr_mult,
+         "weight_decay": bias_decay},
+    ]
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_mult"]
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """``PaperSGD`` for ``momentum_semantics="paper"``, ``torch.optim.SGD`` for "pytorch"."""
+    groups = param_groups(model, cfg)
+    if not groups:
+        raise ValueError("the model has no trainable parameters")
+    if cfg.momentum_semantics == "paper":
+        return PaperSGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every group's lr to ``lr * group["lr_mult"]`` (a group without ``lr_mult``: 1)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+
+
+# --- schedules --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlateauState:
+    """Where the plateau schedule stands.
+
+    Attributes:
+        best: lowest validation error that counted as an improvement (inf before any epoch).
+        bad_epochs: epochs since the last improvement or cut.
+        drops: lr cuts made so far; the lr is ``base_lr * factor ** drops``.
+    """
+
+    best: float = math.inf
+    bad_epochs: int = 0
+    drops: int = 0
+
+
+def plateau_step(
+    state: PlateauState, val_error: float, cfg: ScheduleConfig
+) -> tuple[PlateauState, str]:
+    """Advance the paper's schedule by one epoch (§5: lr / 10 when validation error plateaus).
+
+    Events:
+        "improved": ``val_error < best - threshold``; best is updated, bad_epochs reset.
+        "wait": no improvement yet, fewer than ``patience`` bad epochs.
+        "drop": the ``patience``-th bad epoch in a row (patience 0 acts as 1): cut the lr
+            (drops + 1) and reset bad_epochs; best is kept.
+        "stop": that plateau came after ``max_drops`` cuts: the paper ended training after the
+            plateau that followed its third cut.
+
+    A NaN error never counts as an improvement.
+    """
+    if val_error < state.best - cfg.threshold:
+        return PlateauState(best=float(val_error), bad_epochs=0, drops=state.drops), "improved"
+    bad = state.bad_epochs + 1
+    if bad < max(cfg.patience, 1):
+        return replace(state, bad_epochs=bad), "wait"
+    if state.drops >= cfg.max_drops:
+        return replace(state, bad_epochs=bad), "stop"
+    return replace(state, bad_epochs=0, drops=state.drops + 1), "drop"
+
+
+def milestone_scale(epoch: int, cfg: ScheduleConfig) -> float:
+    """``factor ** (number of milestones <= epoch)``, for 0-based epochs.
+
+    With milestones (30, 60) and factor 0.1 (torchvision): epochs 0-29 x1, 30-59 x0.1, 60+ x0.01.
+    """
+    return cfg.factor ** sum(1 for m in cfg.milestones if m <= epoch)
+
+
+class LRSchedule:
+    """The configured schedule as a small object the trainer checkpoints.
+
+    Use: at the start of epoch ``e`` call ``set_lr(optimizer, schedule.lr(e))``; after its
+    validation call ``event = schedule.observe(e, val_error)`` and stop training on "stop".
+    """
+
+    def __init__(self, cfg: ScheduleConfig, base_lr: float) -> None:
+        self.cfg = cfg
+        self.base_lr = base_lr
+        self.plateau = PlateauState()
+        self._best = math.inf
+
+    def lr(self, epoch: int) -> float:
+        """Weight lr for 0-based ``epoch`` (plateau: set by the cuts so far; epoch unused)."""
+        if self.cfg.type == "plateau":
+            return self.base_lr * self.cfg.factor**self.plateau.drops
+        return self.base_lr * milestone_scale(epoch, self.cfg)
+
+    def observe(self, epoch: int, val_error: float) -> str:
+        """Record epoch ``epoch``'s validation error; return the event (see ``plateau_step``).
+
+        For milestones the event is "improved" (a new lowest error) or "wait", never "drop"
+        or "stop": the cuts follow the epoch number.
+        """
+        improved = val_error < self._best
+        if improved:
+            self._best = float(val_error)
+        if self.cfg.type == "plateau":
+            self.plateau, event = plateau_step(self.plateau, val_error, self.cfg)
+            return event
+        return "improved" if improved else "wait"
+
+    @property
+    def best(self) -> float:
+        """Lowest validation error observed (no threshold); inf before the first epoch."""
+        return self._best
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain Python numbers and strings, safe for ``torch.load(weights_only=True)``."""
+        p = self.plateau
+        return {"type": self.cfg.type, "best": self._best, "plateau_best": p.best,
+                "bad_epochs": p.bad_epochs, "drops": p.drops}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from ``state_dict()``; ``base_lr`` and the settings still come from the config.
+
+        Raises:
+            UserError: the state was saved by a schedule of another type.
+        """
+        if state.get("type") != self.cfg.type:
+            raise UserError(
+                f"the checkpoint's lr schedule is {state.get('type')!r} but the config says "
+                f"{self.cfg.type!r}; resume with the run's own config (schedule.type)"
+            )
+        self._best = float(state["best"])
+        self.plateau = PlateauState(
+            best=float(state["plateau_best"]),
+            bad_epochs=int(state["bad_epochs"]),
+            drops=int(state["drops"]),
+        )
