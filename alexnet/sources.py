@@ -1,0 +1,306 @@
+"""Find the images of a raw data set and their classes, without decoding any image.
+
+Accepted layouts of SOURCE (the folder given to ``python -m alexnet.prepare``)::
+
+    SOURCE/train/<class>/*              training images, one folder per class (ImageNet: wnids)
+    SOURCE/val/<class>/*                validation images in class folders; the folder may also be
+                                        called validation/ or (for sets like 15-Scene) test/
+    SOURCE/val/ILSVRC2012_val_*.JPEG    a flat validation folder plus ONE label file:
+        devkit ILSVRC2012_validation_ground_truth.txt (one ILSVRC2012_ID per line, file-name order)
+            together with an ID->wnid table in map_clsloc.txt form (``wnid ID name`` per line);
+        Kaggle LOC_val_solution.csv (``ImageId,PredictionString``; first token = wnid);
+        Caffe val.txt (``file sorted_index``), indexing --class-list or the sorted train classes.
+    SOURCE/ILSVRC/Data/CLS-LOC/{train,val}   Kaggle's layout, handled like the first one.
+
+Labels are indices into the sorted class folder names of train/ (ImageNet: 0 = n01440764). The
+devkit's IDs are *not* in that order (ID 1 = n02119789, spec §7.3), so they go ID -> wnid -> index.
+Label files are recognised by their content; when not passed they are looked for by their usual
+names in SOURCE, SOURCE/val and a devkit data/ folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alexnet.errors import UserError
+
+VAL_FOLDERS = ("val", "validation", "test")  # first existing wins; test/ only with class folders
+WNID = re.compile(r"n\d{8}")
+LABEL_FILE_PATTERNS = (  # searched in this order when --val-labels is not given
+    "*validation_ground_truth*.txt", "LOC_val_solution*.csv", "val.txt",
+    "imagenet_2012_validation_synset_labels.txt",
+)  # fmt: skip
+ID_MAP_PATTERNS = ("map_clsloc*.txt", "*id_wnid*.txt")
+CLASS_LIST_PATTERNS = ("synset_words.txt", "LOC_synset_mapping.txt")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One source image: its split, class index and file (``Plan.root / name``)."""
+
+    split: str
+    label: int
+    name: str  # relative to the root, "/"-separated; also the name used in reports
+
+
+@dataclass
+class Plan:
+    """Everything prepare needs to know about a source tree."""
+
+    root: Path
+    classes: list[str]
+    items: list[Item]  # sorted by split (train first), label, name
+    missing: dict[str, list[str]] = field(default_factory=dict)  # split -> classes without images
+    unknown: list[str] = field(default_factory=list)  # "name: why" for images with no known class
+    irregular: list[str] = field(default_factory=list)  # entries that are not regular files
+    val_source: str = "none"  # how the validation labels were found
+    label_files: list[Path] = field(default_factory=list)
+
+    def count(self, split: str) -> int:
+        return sum(item.split == split for item in self.items)
+
+
+@dataclass(frozen=True)
+class LabelFile:
+    """A parsed validation label file; exactly one of the mappings is filled."""
+
+    kind: str  # "devkit" | "kaggle" | "caffe" | "wnid_lines"
+    path: Path
+    by_number: dict[int, str | int] = field(default_factory=dict)  # image number -> ID or wnid
+    by_stem: dict[str, str | int] = field(default_factory=dict)  # file stem -> wnid or index
+
+
+def find_root(src: Path) -> Path:
+    """The folder holding ``train/``: SOURCE itself or Kaggle's ``ILSVRC/Data/CLS-LOC``."""
+    if not src.is_dir():
+        problem = "is not a folder" if src.exists() else "does not exist"
+        raise UserError(f"source folder {src} {problem}: give the folder that holds train/")
+    for root in (src, src / "ILSVRC" / "Data" / "CLS-LOC"):
+        if (root / "train").is_dir():
+            return root
+    raise UserError(
+        f"{src} has no train/ folder: expected {src}/train/<class>/<image> (and optionally val/)"
+    )
+
+
+def _scan(folder: Path, rel: str) -> tuple[dict[str, list[str]], list[str], list[str]]:
+    """Class folders of ``folder`` -> file names, plus loose files and irregular entries."""
+    classes: dict[str, list[str]] = {}
+    loose: list[str] = []
+    irregular: list[str] = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue  # .DS_Store and friends
+        if entry.is_dir():
+            files = classes.setdefault(entry.name, [])
+            for sub in sorted(os.scandir(entry.path), key=lambda e: e.name):
+                name = f"{rel}/{entry.name}/{sub.name}"
+                if sub.name.startswith("."):
+                    continue
+                if sub.is_file():
+                    files.append(name)
+                else:
+                    irregular.append(name)
+        elif entry.is_file():
+            loose.append(entry.name)
+        else:
+            irregular.append(f"{rel}/{entry.name}")
+    return classes, loose, irregular
+
+
+def read_id_map(path: Path) -> dict[int, str]:
+    """ILSVRC2012_ID -> wnid from a map_clsloc.txt-style table (``wnid ID name`` per line)."""
+    table: dict[int, str] = {}
+    for number, line in _lines(path):
+        parts = line.split()
+        if len(parts) < 2 or not WNID.fullmatch(parts[0]) or not parts[1].isdigit():
+            raise UserError(f"{path}:{number}: expected `wnid ID name` (map_clsloc), got {line!r}")
+        table[int(parts[1])] = parts[0]
+    return table
+
+
+def read_class_list(path: Path) -> list[str]:
+    """Class names in index order: the first token of each line (synset_words.txt style)."""
+    return [line.split()[0] for _, line in _lines(path)]
+
+
+def read_label_file(path: Path) -> LabelFile:
+    """Parse a validation label file, recognising its kind by its content."""
+    lines = _lines(path)
+    if not lines:
+        raise UserError(f"validation label file {path} is empty")
+    first = lines[0][1]
+    if first.startswith("ImageId") or "," in first:
+        rows = [line.split(",", 1) for _, line in lines if not line.startswith("ImageId")]
+        rows = [r for r in rows if len(r) == 2 and r[1].split()]
+        stems = {Path(r[0].strip()).stem: r[1].split()[0] for r in rows}
+        return LabelFile("kaggle", path, by_stem=stems)
+    parts = first.split()
+    if len(parts) == 1:  # one label per line, line k = image k
+        tokens = [line for _, line in lines]
+        if all(t.isdigit() for t in tokens):
+            return LabelFile("devkit", path, by_number={k: int(t) for k, t in enumerate(tokens, 1)})
+        if all(WNID.fullmatch(t) for t in tokens):
+            return LabelFile("wnid_lines", path, by_number=dict(enumerate(tokens, 1)))
+    if len(parts) == 2 and parts[1].lstrip("-").isdigit() and not WNID.fullmatch(parts[0]):
+        stems = {}
+        for number, line in lines:
+            name, _, index = line.rpartition(" ")
+            if not index.isdigit():
+                raise UserError(f"{path}:{number}: expected `file index` (val.txt), got {line!r}")
+            stems[Path(name.strip()).stem] = int(index)
+        return LabelFile("caffe", path, by_stem=stems)
+    if WNID.fullmatch(parts[0]):
+        raise UserError(f"{path} looks like an ID->wnid table: pass it with --id-map instead")
+    raise UserError(
+        f"{path}: unrecognised label file (first line {first!r}); expected the devkit's "
+        "ground truth, Kaggle's LOC_val_solution.csv or Caffe's val.txt"
+    )
+
+
+def _lines(path: Path) -> list[tuple[int, str]]:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror}") from None
+    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _discover(folders: list[Path], patterns: tuple[str, ...]) -> Path | None:
+    for pattern in patterns:
+        for folder in folders:
+            hits = sorted(folder.glob(pattern)) if folder.is_dir() else []
+            if hits:
+                return hits[0]
+    return None
+
+
+def _image_number(stem: str) -> int | None:
+    digits = re.findall(r"\d+", stem)
+    return int(digits[-1]) if digits else None
+
+
+def _flat_labels(
+    files: list[str], labels: LabelFile, id_map: dict[int, str] | None, class_list: list[str]
+) -> dict[str, str | None]:
+    """File name -> wnid (None when the label file has no entry for it)."""
+    found: dict[str, str | None] = {}
+    for name in files:
+        stem = Path(name).stem
+        if labels.by_number:
+            number = _image_number(stem)
+            value = labels.by_number.get(number) if number is not None else None
+        else:
+            value = labels.by_stem.get(stem)
+        if labels.kind == "devkit" and value is not None:
+            value = id_map.get(int(value)) if id_map else None
+        elif labels.kind == "caffe" and value is not None:
+            value = class_list[int(value)] if 0 <= int(value) < len(class_list) else None
+        found[name] = value if isinstance(value, str) else None
+    return found
+
+
+def find_sources(
+    src: Path,
+    val_labels: Path | None = None,
+    id_map: Path | None = None,
+    class_list: Path | None = None,
+    limit_per_class: int | None = None,
+) -> Plan:
+    """Plan the preparation of ``src``: every (split, label, file), sorted, plus what is odd.
+
+    Args:
+        src: the source folder (see the module docstring for the layouts).
+        val_labels: label file for a flat validation folder (kind recognised by content).
+        id_map: ID -> wnid table for devkit ground truth (map_clsloc.txt form).
+        class_list: the class order Caffe's val.txt indices refer to (default: sorted train/).
+        limit_per_class: keep only the first N files (by name) of each class and split.
+    """
+    root = find_root(Path(src))
+    train, loose, irregular = _scan(root / "train", "train")
+    if not train:
+        tars = [n for n in loose if n.endswith(".tar")]
+        hint = f" (it holds {len(tars)} .tar files: extract each to train/<wnid>/)" if tars else ""
+        raise UserError(f"{root / 'train'} has no class folders{hint}")
+    classes = sorted(train)
+    plan = Plan(root=root, classes=classes, items=[], irregular=irregular)
+    plan.unknown += [f"train/{n}: not inside a class folder" for n in loose]
+    per_split = {"train": {c: train[c] for c in classes}}
+    val_dir = next((root / n for n in VAL_FOLDERS if (root / n).is_dir()), None)
+    if val_dir is not None:
+        val, loose, irregular = _scan(val_dir, val_dir.name)
+        plan.irregular += irregular
+        if val:
+            plan.val_source = f"class folders in {val_dir.name}/"
+            for c in sorted(set(val) - set(classes)):
+                plan.unknown += [f"{n}: class {c} has no train folder" for n in val[c]]
+            plan.unknown += [f"{val_dir.name}/{n}: not inside a class folder" for n in loose]
+            per_split["val"] = {c: val.get(c, []) for c in classes}
+        elif loose and val_dir.name != "test":  # a flat test/ (Kaggle's) has no labels at all
+            given = (val_labels, id_map, class_list)
+            per_split["val"] = _flat_val(plan, Path(src), val_dir, loose, given)
+    for split, by_class in per_split.items():
+        plan.missing[split] = [c for c in classes if not by_class[c]]
+        for label, c in enumerate(classes):
+            files = by_class[c][:limit_per_class] if limit_per_class else by_class[c]
+            plan.items += [Item(split, label, name) for name in files]
+    return plan
+
+
+def _flat_val(
+    plan: Plan, src: Path, val_dir: Path, files: list[str], paths: tuple[Path | None, ...]
+) -> dict[str, list[str]]:
+    """Label a flat validation folder from a label file; fills plan.unknown and plan.val_source."""
+    val_labels, id_map_path, class_list_path = paths
+    folders = [src, plan.root, val_dir, src / "devkit" / "data"]
+    folders += sorted(src.glob("*devkit*/data"))
+    label_path = val_labels or _discover(folders, LABEL_FILE_PATTERNS)
+    if label_path is None:
+        raise UserError(
+            f"{val_dir} is a flat folder of {len(files)} images without labels: pass --val-labels "
+            "with the devkit's ILSVRC2012_validation_ground_truth.txt (and --id-map "
+            "map_clsloc.txt), Kaggle's LOC_val_solution.csv or Caffe's val.txt"
+        )
+    labels = read_label_file(Path(label_path))
+    plan.label_files.append(labels.path)
+    id_map: dict[int, str] | None = None
+    class_list = plan.classes
+    if labels.kind == "devkit":
+        map_path = id_map_path or _discover(folders, ID_MAP_PATTERNS)
+        if map_path is None:
+            raise UserError(
+                f"{labels.path} holds devkit ILSVRC2012_IDs, not sorted-wnid indices: pass "
+                "the ID->wnid table with --id-map (map_clsloc.txt: `wnid ID name` per line)"
+            )
+        id_map = read_id_map(Path(map_path))
+        plan.label_files.append(Path(map_path))
+    elif labels.kind == "caffe":
+        list_path = class_list_path or _discover(folders, CLASS_LIST_PATTERNS)
+        if list_path is not None:
+            class_list = read_class_list(Path(list_path))
+            plan.label_files.append(Path(list_path))
+        top = max(int(v) for v in labels.by_stem.values())
+        if list_path is None and top + 1 != len(class_list):
+            raise UserError(
+                f"{labels.path} uses class indices up to {top} but train/ has {len(class_list)} "
+                "classes: pass the class order it refers to with --class-list synset_words.txt"
+            )
+    kinds = {"devkit": "devkit IDs", "kaggle": "Kaggle CSV", "caffe": "Caffe val.txt"}
+    used = " + ".join(p.name for p in plan.label_files)
+    plan.val_source = f"{kinds.get(labels.kind, 'one wnid per line')} ({used})"
+    here = {p.name for p in plan.label_files if p.resolve().parent == val_dir.resolve()}
+    files = [n for n in files if n not in here]  # label files kept inside val/ are no images
+    wnids = _flat_labels(files, labels, id_map, class_list)
+    by_class: dict[str, list[str]] = {c: [] for c in plan.classes}
+    for name, wnid in wnids.items():
+        rel = f"{val_dir.name}/{name}"
+        if wnid is None:
+            plan.unknown.append(f"{rel}: no label in {labels.path.name}")
+        elif wnid not in by_class:
+            plan.unknown.append(f"{rel}: class {wnid} has no train folder")
+        else:
+            by_class[wnid].append(rel)
+    return by_class
