@@ -119,22 +119,22 @@ class PackedSplit:
         if self.index.shape != (meta["splits"][split]["count"], INDEX_COLUMNS):
             raise UserError(f"{self.root / split / 'index.npy'} does not match meta.json; re-run prepare")
         self.labels = torch.from_numpy(self.index[:, 3].copy())
-        self._maps: list[np.memmap] | None = None
+        self._maps: dict[int, np.memmap] = {}  # shard number -> mapping, opened on first use
 
     def __len__(self) -> int:
         return len(self.index)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_maps"] = None
+        state["_maps"] = {}
         return state
 
     def raw(self, i: int) -> torch.Tensor:
         """The stored bytes of record ``i`` as a 1-D uint8 tensor (shares the mapped memory)."""
-        if self._maps is None:
-            # copy-on-write ("c"): views are writable for torch, the file itself is never modified
-            self._maps = [np.memmap(p, dtype=np.uint8, mode="c") for p in self.shard_paths]
         shard, offset, length, _ = self.index[i]
+        if shard not in self._maps:  # lazily: ImageNet has ~2000 shards, most unused per worker
+            # copy-on-write ("c"): views are writable for torch, the file itself is never modified
+            self._maps[shard] = np.memmap(self.shard_paths[shard], dtype=np.uint8, mode="c")
         return torch.from_numpy(np.asarray(self._maps[shard][offset : offset + length]))
 
     def image(self, i: int) -> torch.Tensor:

@@ -1,0 +1,333 @@
+"""Training and evaluation batches from a prepared data set (``alexnet.packed``).
+
+Batching is a pure function of (seed, epoch, step), whatever the number of processes:
+
+- the epoch's order is ``torch.randperm`` from a generator seeded by (seed, epoch);
+- global step t is ``order[t*B:(t+1)*B]`` (the last partial batch is dropped), and its
+  augmentation is drawn for the whole batch from a generator seeded by (seed, epoch, t);
+- DDP rank r of w takes rows [r*B/w, (r+1)*B/w) of that batch and of its augmentation, so the
+  ranks together see exactly the single-process batch, and ``epoch(e, start_step=k)`` yields
+  exactly batches k, k+1, ... of the uninterrupted epoch (bit-identical mid-epoch resume).
+
+Two ways to make a batch (``data.loader``), with identical results for the same decoder:
+
+- ``cpu``: DataLoader worker processes decode the JPEGs one by one and cut the uint8 crops;
+  the main process copies them to the device (pinned, non-blocking) and finishes them there
+  (mean, lighting) with ``alexnet.transforms.finish``.
+- ``gpu``: the main process reads a step's encoded bytes (a thread reads ahead) and decodes
+  them in ONE batched ``torchvision.io.decode_jpeg(..., device=device)`` call, then crops and
+  finishes on the device. With ``device="cpu"`` the same code decodes on the CPU.
+
+Both count the images delivered and the seconds the consumer waited (``pop_timing``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from alexnet import paper
+from alexnet import transforms as T
+from alexnet.config import AugmentConfig, DataConfig
+from alexnet.errors import UserError
+from alexnet.packed import PackedSplit, Stats
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (float images on the device, int64 labels)
+_ORDER, _AUGMENT = 0, 1  # generator stream tags: the epoch order, a step's augmentation
+READ_AHEAD = 3  # steps of encoded bytes the gpu path reads ahead in its thread
+
+
+def generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded from integers, mixed by numpy's SeedSequence (stable, 64-bit)."""
+    seed = np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(seed))
+
+
+class Timing:
+    """Images delivered and seconds the consumer spent waiting for them.
+
+    The wait is host time inside the loader's ``next``: fetching, and for the gpu path the
+    decode; finishing kernels queued on a GPU run asynchronously and are not counted.
+    """
+
+    def __init__(self) -> None:
+        self.images, self.wait_s, self.start = 0, 0.0, time.perf_counter()
+
+    def pop(self) -> dict[str, float]:
+        """``images``, ``wait_s`` and ``elapsed_s`` since the last ``pop``; then start again."""
+        now = time.perf_counter()
+        out = {"images": self.images, "wait_s": self.wait_s, "elapsed_s": now - self.start}
+        self.images, self.wait_s, self.start = 0, 0.0, now
+        return out
+
+
+class TrainPlan:
+    """Which images and which augmentation a rank gets at each step (picklable, no I/O)."""
+
+    def __init__(self, num_images: int, batch_size: int, steps: int, seed: int,
+                 rank: int, world_size: int, draw: dict[str, Any]) -> None:  # fmt: skip
+        self.num_images, self.batch_size, self.steps = num_images, batch_size, steps
+        self.seed = seed
+        self.lo, self.hi = rank * batch_size // world_size, (rank + 1) * batch_size // world_size
+        self.draw = draw  # keyword arguments of transforms.draw_params
+        self._order: tuple[int, torch.Tensor] | None = None
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """The epoch's order: a permutation, continued by further ones if steps need more."""
+        if self._order is None or self._order[0] != epoch:
+            need, n = self.steps * self.batch_size, self.num_images
+            perms = [torch.randperm(n, generator=generator(self.seed, _ORDER, epoch, k))
+                     for k in range(-(-need // n))]  # fmt: skip
+            self._order = (epoch, torch.cat(perms)[:need])
+        return self._order[1]
+
+    def indices(self, epoch: int, step: int) -> torch.Tensor:
+        """This rank's image indices at global ``step``."""
+        start = step * self.batch_size
+        return self.order(epoch)[start + self.lo : start + self.hi]
+
+    def params(self, epoch: int, step: int) -> T.AugmentParams:
+        """This rank's rows of the step's augmentation (drawn for the whole global batch)."""
+        gen = generator(self.seed, _AUGMENT, epoch, step)
+        return T.draw_params(gen, self.batch_size, **self.draw).slice(self.lo, self.hi)
+
+
+class _Keys(Sampler):
+    """The keys the next pass of a DataLoader fetches; set before each ``iter(loader)``."""
+
+    def __init__(self) -> None:
+        self.keys: list = []
+
+    def __iter__(self) -> Iterator:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class _TrainSteps(Dataset):
+    """Item (epoch, step) -> uint8 crops, labels and augmentation of one rank's batch."""
+
+    def __init__(self, split: PackedSplit, plan: TrainPlan, size: int) -> None:
+        self.split, self.plan, self.size = split, plan, size
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        idx, p = self.plan.indices(*key), self.plan.params(*key)
+        images = [self.split.image(i) for i in idx.tolist()]
+        crops = T.crop_flip(images, p.top, p.left, p.flip, self.size)
+        return crops, self.split.labels[idx], *p.astuple()
+
+
+class _EvalBatches(Dataset):
+    """Item b -> the b-th batch of (uint8 (n, 3, S, S) images, labels) of a rank's shard."""
+
+    def __init__(self, split: PackedSplit, batches: list[range]) -> None:
+        self.split, self.batches = split, batches
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = list(self.batches[b])
+        return torch.stack([self.split.image(i) for i in idx]), self.split.labels[idx]
+
+
+class _Loader:
+    """What both loaders share: the worker DataLoader, byte reading, batched decode, timing."""
+
+    def __init__(self, split: PackedSplit, data_cfg: DataConfig, device: torch.device | str,
+                 rank: int, world_size: int) -> None:  # fmt: skip
+        if not 0 <= rank < world_size:
+            raise UserError(f"rank {rank} is outside a world of {world_size} processes")
+        self.split, self.cfg, self.device = split, data_cfg, torch.device(device)
+        self.timing = Timing()
+        self._dataset: Dataset | None = None  # what the cpu path's workers read
+        self._loader: DataLoader | None = None
+        self._keys = _Keys()
+        self._decode_stream: torch.cuda.Stream | None = None
+
+    def pop_timing(self) -> dict[str, float]:
+        """Images, data-wait seconds and elapsed seconds since the last call."""
+        return self.timing.pop()
+
+    def close(self) -> None:
+        """Stop the worker processes now rather than when the loader is garbage-collected."""
+        self._loader = None
+
+    def _worker_items(self, keys: list) -> Iterator[tuple[torch.Tensor, ...]]:
+        """The dataset's items for ``keys`` from worker processes (started once, persistent)."""
+        self._keys.keys = keys
+        if self._loader is None:
+            workers, cuda = self.cfg.workers, self.device.type == "cuda"
+            self._loader = DataLoader(self._dataset, batch_size=None, sampler=self._keys,
+                                      num_workers=workers, pin_memory=cuda,
+                                      persistent_workers=workers > 0,
+                                      prefetch_factor=4 if workers > 0 else None,
+                                      # a private generator: iter() must not draw from the
+                                      # global RNG, or a resumed run's dropout masks shift
+                                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+        return iter(self._loader)
+
+    def _read(self, idx: list[int]) -> tuple[list[torch.Tensor] | torch.Tensor, torch.Tensor]:
+        """Encoded bytes of ``idx`` copied out of the mapped shards (in the read thread)."""
+        labels = self.split.labels[idx]
+        if self.split.encoding == "raw":
+            s = self.split.image_size
+            batch = torch.stack([self.split.raw(i).view(s, s, 3) for i in idx])  # (n, S, S, 3)
+            return (batch.pin_memory() if self.device.type == "cuda" else batch), labels
+        return [self.split.raw(i).clone() for i in idx], labels
+
+    def _read_ahead(self, items: list, read: Callable[[Any], tuple]) -> Iterator[tuple]:
+        """``read(item)`` for each item in a background thread, READ_AHEAD items ahead."""
+        with ThreadPoolExecutor(1, thread_name_prefix="alexnet-read") as pool:
+            pending: deque = deque()
+            for item in items:
+                pending.append(pool.submit(read, item))
+                if len(pending) > READ_AHEAD:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    def _decode(self, data: list[torch.Tensor] | torch.Tensor) -> list[torch.Tensor] | torch.Tensor:
+        """A raw (n, S, S, 3) batch -> (n, 3, S, S) on the device; JPEGs -> one decode call."""
+        if isinstance(data, torch.Tensor):
+            return data.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        if self.device.type != "cuda":
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        # nvJPEG writes its outputs, allocated from the current stream's pool, without waiting
+        # for that stream's queued kernels, so it could overwrite blocks they still read
+        # (pytorch/vision#9606). Decode with a private stream current, whose pool holds only
+        # earlier decodes, each marked as used by the consuming stream.
+        consumer = torch.cuda.current_stream(self.device)
+        if self._decode_stream is None:
+            self._decode_stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._decode_stream):
+            images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+        consumer.wait_stream(self._decode_stream)
+        for image in images:
+            image.record_stream(consumer)
+        return images
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self.device, non_blocking=True)
+
+    def _timed(self, source: Iterator[Batch]) -> Iterator[Batch]:
+        """Pass ``source`` through, counting the time spent producing each batch as wait."""
+        while True:
+            start = time.perf_counter()
+            item = next(source, None)
+            if item is None:
+                return
+            self.timing.wait_s += time.perf_counter() - start
+            self.timing.images += len(item[1])
+            yield item
+
+
+class TrainLoader(_Loader):
+    """Training batches: float (n, 3, size, size) images and int64 (n,) labels on ``device``.
+
+    Args:
+        stats: the data set's statistics (mean image, RGB eigenvectors); None only if unused.
+        batch_size: the global batch; each of ``world_size`` ranks gets batch_size / world_size.
+        steps_per_epoch: None = every full batch of one permutation; more continues into the
+            next permutations.
+    """
+
+    def __init__(self, split: PackedSplit, stats: Stats | None, data_cfg: DataConfig,
+                 augment_cfg: AugmentConfig, input_size: int, batch_size: int,
+                 device: torch.device | str, seed: int, rank: int = 0, world_size: int = 1,
+                 steps_per_epoch: int | None = None) -> None:  # fmt: skip
+        super().__init__(split, data_cfg, device, rank, world_size)
+        if batch_size % world_size:
+            raise UserError(f"batch size {batch_size} does not divide over {world_size} "
+                            "processes; pick a multiple")  # fmt: skip
+        if len(split) < batch_size:
+            raise UserError(f"{split.root}/{split.split} has {len(split)} images, fewer than "
+                            f"one batch of {batch_size}")  # fmt: skip
+        aug = augment_cfg
+        draw = dict(image_size=split.image_size, size=input_size, random_crop=aug.random_crop,
+                    flip=aug.flip, alpha_std=aug.lighting_alpha_std)  # fmt: skip
+        steps = steps_per_epoch or len(split) // batch_size
+        self.size = input_size
+        self.plan = TrainPlan(len(split), batch_size, steps, seed, rank, world_size, draw)
+        self.norm = T.build_normalizer(stats, data_cfg.normalize, input_size, self.device,
+                                       lighting=aug.lighting,
+                                       lighting_constants=aug.lighting_constants)  # fmt: skip
+        self._dataset = _TrainSteps(split, self.plan, input_size)
+
+    def steps(self, epoch: int = 0) -> int:
+        """Global steps in ``epoch`` (the same for every epoch)."""
+        return self.plan.steps
+
+    def __len__(self) -> int:
+        return self.plan.steps
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """Batches ``start_step``, ``start_step + 1``, ... of ``epoch``."""
+        if not 0 <= start_step <= self.plan.steps:
+            raise UserError(f"start step {start_step} is outside 0..{self.plan.steps} (steps)")
+        steps = range(start_step, self.plan.steps)
+        if self.cfg.loader == "gpu":
+            return self._timed(self._decoded_batches(epoch, steps))
+        return self._timed(self._worker_batches([(epoch, t) for t in steps]))
+
+    def _worker_batches(self, keys: list[tuple[int, int]]) -> Iterator[Batch]:
+        for crops, labels, *params in self._worker_items(keys):
+            x = T.finish(self._to_device(crops), T.AugmentParams(*params), self.norm)
+            yield x, self._to_device(labels)
+
+    def _decoded_batches(self, epoch: int, steps: range) -> Iterator[Batch]:
+        def read(step: int) -> tuple:
+            idx = self.plan.indices(epoch, step).tolist()
+            return *self._read(idx), self.plan.params(epoch, step)
+
+        for data, labels, p in self._read_ahead(list(steps), read):
+            crops = T.crop_flip(self._decode(data), p.top, p.left, p.flip, self.size)
+            yield T.finish(crops, p, self.norm), self._to_device(labels)
+
+
+class EvalLoader(_Loader):
+    """Evaluation batches: float (n, V, 3, size, size) views and (n,) labels on ``device``.
+
+    Rank r of w reads images [r*N//w, (r+1)*N//w) in order, so the ranks together see every
+    image exactly once (no padding). ``views`` = 1 (centre crop) or 10 (§4.1's ten patches in
+    ``TenCrop`` order); the mean image is subtracted at each view's position; no lighting.
+    """
+
+    def __init__(self, split: PackedSplit, stats: Stats | None, data_cfg: DataConfig,
+                 input_size: int, batch_size: int, device: torch.device | str,
+                 views: int = paper.TEST_VIEWS,
+                 rank: int = 0, world_size: int = 1) -> None:  # fmt: skip
+        super().__init__(split, data_cfg, device, rank, world_size)
+        if batch_size < 1:
+            raise UserError(f"evaluation batch size must be >= 1, got {batch_size}")
+        n = len(split)
+        lo, hi = rank * n // world_size, (rank + 1) * n // world_size
+        self.batches = [range(i, min(i + batch_size, hi)) for i in range(lo, hi, batch_size)]
+        self.num_images, self.size, self.views = hi - lo, input_size, views
+        self.positions = T.view_positions(split.image_size, split.image_size, input_size, views)
+        self.norm = T.build_normalizer(stats, data_cfg.normalize, input_size, self.device)
+        self._dataset = _EvalBatches(split, self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[Batch]:
+        if self.cfg.loader == "gpu":
+            read = self._read_ahead(self.batches, lambda r: self._read(list(r)))
+            source = ((self._decode(data), labels) for data, labels in read)
+        else:
+            items = self._worker_items(list(range(len(self.batches))))
+            source = ((self._to_device(x), y) for x, y in items)
+        return self._timed(self._finish(images, labels) for images, labels in source)
+
+    def _finish(self, images: torch.Tensor | list[torch.Tensor], labels: torch.Tensor) -> Batch:
+        images = torch.stack(images) if isinstance(images, list) else images
+        views = T.crop_views(images, self.positions, self.size)
+        return T.finish_views(views, self.positions, self.norm), self._to_device(labels)

@@ -1,0 +1,157 @@
+"""One training epoch and one evaluation pass: explicit inputs, metric dicts out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from alexnet.metrics import Accumulator, average_views, check_count
+from alexnet.runtime import Runtime
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; ``step`` is the global step where it first happened."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"loss became {value} at step {step}")
+        self.step = step
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """Which steps of which epoch to run, and how often to report and checkpoint."""
+
+    epoch: int
+    start_step: int  # first step of this epoch to run (> 0 when resuming mid-epoch)
+    steps: int  # steps in the whole epoch
+    first_global_step: int  # global step number of ``start_step``
+    log_every: int
+    checkpoint_every: int  # 0 = never mid-epoch
+
+
+@dataclass
+class Hooks:
+    """What the epoch calls back into. Each may be left as the default no-op."""
+
+    log: Callable[[int, dict[str, float]], None] = lambda step, values: None
+    checkpoint: Callable[[int], None] = lambda step_in_epoch: None  # called with steps completed
+    should_stop: Callable[[], bool] = lambda: False  # e.g. a signal arrived
+
+
+def train_one_epoch(
+    module: nn.Module,
+    batches: Iterable[Batch],
+    optimizer: torch.optim.Optimizer,
+    rt: Runtime,
+    plan: EpochPlan,
+    hooks: Hooks,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Run ``plan``'s steps; returns loss/error means over them and whether it was interrupted.
+
+    Losses stay on the device between reports; every ``log_every`` steps (and before every
+    checkpoint) they are checked at once, so a non-finite loss is found before it is saved.
+
+    Raises:
+        NonFiniteLoss: with the global step at which the loss first stopped being finite.
+    """
+    module.train()
+    window: list[torch.Tensor] = []
+    totals = Accumulator()
+    loss_sum = 0.0
+    seen, done, started = 0, plan.start_step, time.perf_counter()
+    bar = tqdm(
+        total=plan.steps, initial=plan.start_step, desc=f"epoch {plan.epoch}", unit="step",
+        disable=not (show_progress and rt.is_main), dynamic_ncols=True, leave=False,
+    )
+    lr = optimizer.param_groups[0]["lr"]
+
+    def flush() -> None:
+        nonlocal loss_sum
+        if not window:
+            return
+        losses = torch.stack(window).float().cpu()
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise NonFiniteLoss(plan.first_global_step + done - plan.start_step - len(window) + i, float(losses[i]))
+        loss_sum += float(losses.sum())
+        rate = seen / max(time.perf_counter() - started, 1e-9)
+        step = plan.first_global_step + done - plan.start_step
+        hooks.log(step, {"loss": float(losses.mean()), "lr": lr, "images_per_s": rate})
+        bar.set_postfix(loss=f"{float(losses[-1]):.3f}", lr=f"{lr:.2g}", img_s=f"{rate:.0f}")
+        window.clear()
+
+    for images, labels in batches:
+        with rt.autocast():
+            logits = module(rt.batch(images))
+            loss = F.cross_entropy(logits.float(), labels.to(logits.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window.append(loss.detach())
+        totals.update(logits.detach(), labels.to(logits.device))
+        seen += len(labels)
+        done += 1
+        bar.update(1)
+        if done % plan.log_every == 0:
+            flush()
+        if plan.checkpoint_every and done % plan.checkpoint_every == 0 and done < plan.steps:
+            flush()
+            hooks.checkpoint(done)
+        if done >= plan.steps or hooks.should_stop():
+            break
+    flush()
+    bar.close()
+    totals.all_reduce()  # training error over all ranks' images (a sum, never a mean of means)
+    rates = totals.rates() if totals.n else {"top1_err": float("nan"), "top5_err": float("nan")}
+    return {
+        "loss": loss_sum / max(done - plan.start_step, 1),
+        "top1_err": rates["top1_err"],
+        "top5_err": rates["top5_err"],
+        "steps_done": float(done),
+        "images": float(seen),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    module: nn.Module,
+    batches: Iterable[Batch],
+    rt: Runtime,
+    expected: int | None = None,
+    show_progress: bool = True,
+) -> dict[str, float]:
+    """Top-1/top-5 error over ``batches`` of (views (n, V, 3, S, S), labels).
+
+    With V > 1 the softmax outputs of the views are averaged (paper §4.1). Counts are summed
+    over DDP ranks; ``expected`` asserts that every image was evaluated exactly once.
+    """
+    module.eval()
+    totals = Accumulator()
+    for views, labels in _progress(batches, show_progress and rt.is_main, "eval"):
+        n, v = views.shape[:2]
+        with rt.autocast():
+            logits = module(rt.batch(views.flatten(0, 1))).float()
+        labels = labels.to(logits.device)
+        logits = logits.view(n, v, -1)
+        probs = average_views(logits)
+        totals.update(probs, labels, F.nll_loss(probs.clamp_min(1e-12).log(), labels))
+    totals.all_reduce()
+    if expected is not None:
+        check_count(totals.n, expected)
+    return totals.rates()
+
+
+def _progress(items: Iterable[Batch], enabled: bool, desc: str) -> Iterator[Batch]:
+    total = len(items) if hasattr(items, "__len__") else None
+    yield from tqdm(items, total=total, desc=desc, unit="batch", disable=not enabled, leave=False)

@@ -1,0 +1,100 @@
+"""Run records: console lines, a JSON-lines metrics file and TensorBoard events (rank 0 only).
+
+Named ``log.py`` (not ``logging.py``) so it never shadows the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+
+def info(message: str, enabled: bool = True) -> None:
+    """One console line that does not break an active tqdm bar."""
+    if enabled:
+        tqdm.write(message, file=sys.stderr)
+
+
+class RunLog:
+    """Scalars go to ``metrics.jsonl`` and to TensorBoard; a disabled log (other ranks) is a no-op."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        self.jsonl = open(run_dir / "metrics.jsonl", "a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def scalars(self, kind: str, step: int, values: dict[str, float], **extra: Any) -> None:
+        """Record ``values`` under ``kind/<name>`` at global ``step`` (images seen / batch size)."""
+        if not self.enabled:
+            return
+        row = {"kind": kind, "step": step, "time": round(time.time(), 3), **extra}
+        row.update({k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in values.items()})
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(f"{kind}/{name}", float(value), step)
+
+    def kernels(self, weight: torch.Tensor, step: int) -> None:
+        """conv1's kernels as one image (the paper's Fig. 3), each kernel scaled to [0, 1]."""
+        if not self.enabled or self.writer is None:
+            return
+        from torchvision.utils import make_grid
+
+        w = weight.detach().float().cpu()
+        lo = w.amin(dim=(1, 2, 3), keepdim=True)
+        hi = w.amax(dim=(1, 2, 3), keepdim=True)
+        grid = make_grid((w - lo) / (hi - lo).clamp_min(1e-12), nrow=w.shape[0] // 8, padding=1)
+        self.writer.add_image("conv1/kernels", grid, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            if self.writer is not None:
+                self.writer.close()
+
+
+def environment(devices: tuple[torch.device, ...], world_size: int) -> dict[str, Any]:
+    """What produced a run: code version, library versions and hardware."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        try:
+            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+            return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    import torchvision
+
+    names = [torch.cuda.get_device_name(d) if d.type == "cuda" else platform.processor() or "cpu" for d in devices]
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "devices": [str(d) for d in devices],
+        "device_names": names,
+        "world_size": world_size,
+        "cpu_count": os.cpu_count(),
+        "host": platform.node(),
+        "argv": sys.argv,
+    }
