@@ -13,6 +13,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,6 +36,22 @@ EPILOG = """examples:
   python -m alexnet.train --config configs/ilsvrc2012.yaml --set parallel.mode=two_device
   torchrun --nproc_per_node=8 -m alexnet.train --config configs/ilsvrc2012.yaml --set parallel.mode=ddp
 """
+
+
+@dataclass
+class Session:
+    """The pieces one training run wires together (built once by ``_train``)."""
+
+    cfg: Config
+    rt: runtime_lib.Runtime
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    train_loader: TrainLoader
+    val_loader: EvalLoader
+    log: RunLog
+    save: Callable[[str], None]
+    progress: bool = True
 
 
 @dataclass
@@ -159,8 +176,9 @@ def _train(args: argparse.Namespace) -> int:
     hooks = Hooks(log=lambda step, values: log.scalars("train", step, values),
                   checkpoint=on_checkpoint, should_stop=lambda: bool(pos.stop_signal))
     try:
-        return _epochs(cfg, rt, pos, module, optimizer, schedule, train_loader, val_loader,
-                       hooks, log, save, len(val_split), not args.no_progress)
+        session = Session(cfg, rt, module, optimizer, schedule, train_loader, val_loader, log, save,
+                          not args.no_progress)
+        return _epochs(session, pos, hooks)
     except NonFiniteLoss as err:
         raise UserError(f"{err}; stopped. The last good checkpoint is {run_dir / 'last.pt'} "
                         "(try a lower optim.lr or runtime.dtype=float32)") from None
@@ -170,24 +188,24 @@ def _train(args: argparse.Namespace) -> int:
         log.close()
 
 
-def _epochs(cfg: Config, rt: runtime_lib.Runtime, pos: Position, module, optimizer, schedule,
-            train_loader, val_loader, hooks: Hooks, log: RunLog, save, n_val: int,
-            progress: bool) -> int:
+def _epochs(s: Session, pos: Position, hooks: Hooks) -> int:
+    """Epochs from ``pos`` to the end (or a stop event, or a signal); returns the exit code."""
+    cfg, rt, train_loader, log = s.cfg, s.rt, s.train_loader, s.log
     stall_limit = math.log(cfg.model.num_classes)
     stall_warned = False
     for epoch in range(pos.epoch, cfg.train.epochs):
-        lr = schedule.lr(epoch)
-        set_lr(optimizer, lr)
+        lr = s.schedule.lr(epoch)
+        set_lr(s.optimizer, lr)
         plan = EpochPlan(epoch, pos.step, train_loader.steps(), pos.global_step,
                          cfg.train.log_every, cfg.train.checkpoint_every)
         train_loader.pop_timing()
-        result = train_one_epoch(module, train_loader.epoch(epoch, pos.step), optimizer, rt,
-                                 plan, hooks, progress)
+        result = train_one_epoch(s.module, train_loader.epoch(epoch, pos.step), s.optimizer, rt,
+                                 plan, hooks, s.progress)
         timing = train_loader.pop_timing()
         pos.global_step = plan.first_global_step + int(result["steps_done"]) - plan.start_step
         pos.step = int(result["steps_done"])
         if pos.stop_signal:
-            save("last.pt")
+            s.save("last.pt")
             info(f"stopped at epoch {epoch} step {pos.step}; resume with --resume auto", rt.is_main)
             return 128 + pos.stop_signal
         if (not stall_warned and pos.global_step >= cfg.train.stall_steps
@@ -196,8 +214,9 @@ def _epochs(cfg: Config, rt: runtime_lib.Runtime, pos: Position, module, optimiz
             info(f"warning: after {pos.global_step} steps the loss {result['loss']:.3f} is still "
                  f"about ln({cfg.model.num_classes}) = {stall_limit:.3f}: the net has learnt only "
                  "the class prior (a known problem of the paper's init, faithful-spec 3.2)", rt.is_main)
-        val = evaluate(runtime_lib.unwrap(module), val_loader, rt, expected=n_val, show_progress=progress)
-        event = schedule.observe(epoch, val["top1_err"])
+        val = evaluate(runtime_lib.unwrap(s.module), s.val_loader, rt,
+                       expected=len(s.val_loader.split), show_progress=s.progress)
+        event = s.schedule.observe(epoch, val["top1_err"])
         row = {
             "lr": lr, "train_loss": result["loss"], "train_top1_err": result["top1_err"],
             "train_top5_err": result["top5_err"], "val_loss": val["loss"],
@@ -206,7 +225,7 @@ def _epochs(cfg: Config, rt: runtime_lib.Runtime, pos: Position, module, optimiz
             "data_wait_fraction": timing["wait_s"] / max(timing["elapsed_s"], 1e-9),
         }
         log.scalars("epoch", pos.global_step, row, epoch=epoch, event=event)
-        log.kernels(runtime_lib.canonical_state_dict(module)["conv1.weight"], pos.global_step)
+        log.kernels(runtime_lib.canonical_state_dict(s.module)["conv1.weight"], pos.global_step)
         pos.history.append({"epoch": epoch, **row})
         info(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val top-1 {100 * val['top1_err']:.2f}% "
              f"top-5 {100 * val['top5_err']:.2f}% ({cfg.train.val_views} view), lr {lr:g}, "
@@ -215,8 +234,8 @@ def _epochs(cfg: Config, rt: runtime_lib.Runtime, pos: Position, module, optimiz
         pos.epoch, pos.step = epoch + 1, 0
         if val["top1_err"] < pos.best:
             pos.best = val["top1_err"]
-            save("best.pt")
-        save("last.pt")
+            s.save("best.pt")
+        s.save("last.pt")
         if event == "stop":
             info(f"validation error stopped improving after {cfg.schedule.max_drops} learning-rate "
                  "cuts: training ends (paper §5)", rt.is_main)
