@@ -231,10 +231,14 @@ class ParallelConfig:
     mode: Literal["single", "two_device", "ddp"] = "single"
     devices: tuple[str, ...] = ()  # () = auto: cuda:0 (and cuda:1) if present, else cpu
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # ddp only; auto = nccl on GPUs
+    # ddp only: each process runs the two-device form on GPUs 2*local_rank and 2*local_rank+1
+    two_device_per_process: bool = False
 
     def problems(self) -> list[str]:
         if self.mode == "two_device" and self.devices and len(self.devices) != 2:
             return [f"devices: two_device needs exactly 2 devices, got {list(self.devices)}"]
+        if self.two_device_per_process and self.mode != "ddp":
+            return [f"two_device_per_process: only with mode ddp (got mode {self.mode})"]
         return []
 
 
@@ -273,10 +277,11 @@ class Config:
 
     def problems(self) -> list[str]:
         out = []
-        if self.model.arch != "two_tower" and self.parallel.mode == "two_device":
+        towers = self.parallel.mode == "two_device" or self.parallel.two_device_per_process
+        if self.model.arch != "two_tower" and towers:
             out.append(f"parallel.mode: two_device needs model.arch two_tower, got {self.model.arch}")
         lrn = self.model.lrn
-        if self.parallel.mode == "two_device" and lrn.enabled and not lrn.per_tower:
+        if towers and lrn.enabled and not lrn.per_tower:
             out.append("parallel.mode: two_device needs model.lrn.per_tower (towers do not talk at LRN)")
         if self.schedule.type == "milestones" and not self.schedule.milestones:
             out.append("schedule.milestones: type=milestones needs at least one epoch")

@@ -140,23 +140,23 @@ def teardown() -> None:
 
 
 def _resolve_devices(parallel: ParallelConfig, local_rank: int) -> tuple[torch.device, ...]:
-    wanted = 2 if parallel.mode == "two_device" else 1
+    wanted = 2 if parallel.mode == "two_device" or parallel.two_device_per_process else 1
     names = list(parallel.devices)
+    first = local_rank * wanted if parallel.mode == "ddp" else 0  # this process's first device
     if not names:
         gpus = torch.cuda.device_count()
         if gpus == 0:
             names = ["cpu"] * wanted
-        elif parallel.mode == "ddp":
-            names = [f"cuda:{local_rank}"]
-        elif gpus >= wanted:
-            names = [f"cuda:{i}" for i in range(wanted)]
+        elif first + wanted <= gpus:
+            names = [f"cuda:{first + i}" for i in range(wanted)]
         else:
             raise UserError(
-                f"parallel.mode={parallel.mode} needs {wanted} GPUs, found {gpus}; "
-                "use parallel.mode=single, or parallel.devices=[cpu, cpu] to test on the CPU"
+                f"this process needs GPUs {first}..{first + wanted - 1} but {gpus} are visible; "
+                "use fewer processes or parallel.mode=single, or parallel.devices=[cpu, cpu] to "
+                "test on the CPU"
             )
-    elif parallel.mode == "ddp" and len(names) > 1:
-        names = [names[local_rank % len(names)]]  # one listed device per local process
+    elif parallel.mode == "ddp" and len(names) > 1:  # this local process's share of the list
+        names = [names[(first + i) % len(names)] for i in range(wanted)]
     try:
         devices = tuple(torch.device(n) for n in names[:wanted])
     except RuntimeError as err:

@@ -157,7 +157,7 @@ def _train(args: argparse.Namespace) -> int:
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "epoch": pos.epoch, "step": pos.step, "global_step": pos.global_step,
                 "best": pos.best, "rng": rngs, "history": pos.history,
-                "parallel_mode": rt.mode, "world_size": rt.world_size,
+                "parallel_mode": rt.mode, "layout": _layout(cfg), "world_size": rt.world_size,
                 "data_stats": _stats_payload(stats), "classes": train_split.classes,
             })
 
@@ -261,12 +261,18 @@ def _check_resumable(cfg: Config, state: dict[str, Any], path: Path) -> None:
     if stored.model != cfg.model:
         raise UserError(f"{path} was trained with a different model section; resume with its "
                         f"config ({cfg.run.dir / 'config.yaml'}) or start a new run.dir")
-    if state["parallel_mode"] != cfg.parallel.mode:
-        raise UserError(f"{path} was written with parallel.mode={state['parallel_mode']}; "
-                        "resume in the same mode (its optimiser state is laid out for it)")
+    if state["layout"] != _layout(cfg):
+        raise UserError(f"{path} was written by the {state['layout']} form of the model; resume "
+                        "with the same parallel settings (its optimiser state is laid out for it)")
     changed = [k for k, v in to_dict(cfg).items() if v != state["config"].get(k)]
     if changed:
         info(f"warning: resuming with changed config sections: {', '.join(changed)}")
+
+
+def _layout(cfg: Config) -> str:
+    """Which form's parameters the optimiser state belongs to."""
+    p = cfg.parallel
+    return "two_device" if p.mode == "two_device" or p.two_device_per_process else "single"
 
 
 def _gather_rng(rt: runtime_lib.Runtime) -> list[dict[str, Any]]:

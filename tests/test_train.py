@@ -164,10 +164,13 @@ def test_a_loss_stuck_at_ln_classes_is_warned_about(prepared_tiny: Path, tmp_pat
 
 
 @pytest.mark.slow
-def test_ddp_with_torchrun_on_cpu_evaluates_every_image_once(prepared_tiny: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("towers", [False, True], ids=["grouped", "two_device_per_process"])
+def test_ddp_with_torchrun_on_cpu_evaluates_every_image_once(prepared_tiny: Path, tmp_path: Path,
+                                                             towers: bool) -> None:
     run = tmp_path / "run"
+    extra = ("parallel.two_device_per_process=true", "parallel.devices=[cpu, cpu]") if towers else ()
     args = argv(prepared_tiny, run, "parallel.mode=ddp", "train.epochs=1", "train.checkpoint_every=0",
-                "eval.batch_size=3")
+                "eval.batch_size=3", *extra)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "alexnet.train", *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -177,7 +180,8 @@ def test_ddp_with_torchrun_on_cpu_evaluates_every_image_once(prepared_tiny: Path
     (epoch,) = rows(run, "epoch")
     assert epoch["val_images"] == 16
     assert len(rows(run, "train")) == 3
-    assert load_checkpoint(run / "last.pt")["world_size"] == 2
+    state = load_checkpoint(run / "last.pt")
+    assert state["world_size"] == 2 and state["layout"] == ("two_device" if towers else "single")
 
 
 def test_existing_run_is_not_overwritten(prepared_tiny: Path, reference: Path,
@@ -202,3 +206,17 @@ def test_bad_input_is_one_clear_error(prepared_tiny: Path, tmp_path: Path, extra
     assert train.main(argv(prepared_tiny, tmp_path / "run", *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_bench_train_times_synthetic_and_real_steps(prepared_tiny: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from alexnet import bench
+
+    sets = ["model.num_classes=4", "train.batch_size=4", "data.workers=0", f"data.root={prepared_tiny}"]
+    args = ["train", "--steps", "2", "--warmup", "1", "--data"]
+    for s in sets:
+        args += ["--set", s]
+    assert bench.main(args) == 0
+    out = capsys.readouterr().out
+    rates = [float(line.split(":")[-1].split()[0]) for line in out.splitlines() if "images/s" in line]
+    assert len(rates) == 2 and all(r > 0 for r in rates), out
