@@ -50,7 +50,7 @@ class Session:
     train_loader: TrainLoader
     val_loader: EvalLoader
     log: RunLog
-    save: Callable[[str], None]
+    save: Callable[..., None]  # save(name, weights=None): a checkpoint in the run folder
     progress: bool = True
 
 
@@ -149,11 +149,13 @@ def _train(args: argparse.Namespace) -> int:
          f"{train_loader.steps()} steps/epoch, {len(train_split)} train / {len(val_split)} val images",
          rt.is_main)
 
-    def save(name: str) -> None:
+    def save(name: str, weights: dict[str, torch.Tensor] | None = None) -> None:
         rngs = _gather_rng(rt)
         if rt.is_main:
+            if weights is None:
+                weights = runtime_lib.canonical_state_dict(module)
             ckpt.save_checkpoint(run_dir / name, {
-                "config": to_dict(cfg), "model": runtime_lib.canonical_state_dict(module),
+                "config": to_dict(cfg), "model": weights,
                 "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
                 "epoch": pos.epoch, "step": pos.step, "global_step": pos.global_step,
                 "best": pos.best, "rng": rngs, "history": pos.history,
@@ -225,7 +227,8 @@ def _epochs(s: Session, pos: Position, hooks: Hooks) -> int:
             "data_wait_fraction": timing["wait_s"] / max(timing["elapsed_s"], 1e-9),
         }
         log.scalars("epoch", pos.global_step, row, epoch=epoch, event=event)
-        log.kernels(runtime_lib.canonical_state_dict(s.module)["conv1.weight"], pos.global_step)
+        weights = runtime_lib.canonical_state_dict(s.module)  # once, for the image and the saves
+        log.kernels(weights["conv1.weight"], pos.global_step)
         pos.history.append({"epoch": epoch, **row})
         info(f"epoch {epoch}: train loss {row['train_loss']:.4f}, val top-1 {100 * val['top1_err']:.2f}% "
              f"top-5 {100 * val['top5_err']:.2f}% ({cfg.train.val_views} view), lr {lr:g}, "
@@ -234,8 +237,8 @@ def _epochs(s: Session, pos: Position, hooks: Hooks) -> int:
         pos.epoch, pos.step = epoch + 1, 0
         if val["top1_err"] < pos.best:
             pos.best = val["top1_err"]
-            s.save("best.pt")
-        s.save("last.pt")
+            s.save("best.pt", weights)
+        s.save("last.pt", weights)
         if event == "stop":
             info(f"validation error stopped improving after {cfg.schedule.max_drops} learning-rate "
                  "cuts: training ends (paper §5)", rt.is_main)
