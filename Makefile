@@ -62,7 +62,7 @@ tensorboard: $(STAMP)  ## serve runs/ on http://localhost:6006
 
 bench: bench-data bench-train  ## all benchmarks (figures go to docs/BENCHMARKS.md by hand)
 
-bench-data: $(STAMP)  ## loader images/s vs ImageFolder+PIL on the built-in data
+bench-data: demo-data  ## loader images/s vs ImageFolder+PIL on the built-in data
 	$(PY) -m alexnet.bench data --data data/synthetic-prepared --raw data/synthetic
 
 bench-train: $(STAMP)  ## training-step images/s on synthetic input
