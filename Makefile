@@ -14,7 +14,8 @@ GPUS   ?= 8
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
-.PHONY: help venv test test-gpu demo demo-data prepare train train-2gpu train-ddp eval tensorboard bench bench-data bench-train summary clean
+.PHONY: help venv lint format test test-gpu demo demo-data prepare train train-2gpu train-ddp eval \
+	tensorboard bench bench-data bench-train clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,6 +28,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP)  ## create .venv with pinned torch 2.14.1 / torchvision 0.29.1
 
+lint: $(STAMP)  ## ruff: lint rules and the formatter's check (what CI runs)
+	$(VENV)/bin/ruff check alexnet tests scripts
+	$(VENV)/bin/ruff format --check alexnet tests scripts
+
+format: $(STAMP)  ## ruff: fix what can be fixed, then format the code
+	$(VENV)/bin/ruff check --fix alexnet tests scripts
+	$(VENV)/bin/ruff format alexnet tests scripts
+
 test: $(STAMP)  ## run the test suite on CPU (GPU tests skip themselves)
 	$(PY) -m pytest -q
 
@@ -34,12 +43,13 @@ test-gpu: $(STAMP)  ## run only the tests that need CUDA
 	$(PY) -m pytest -q -m "cuda or two_gpus"
 
 demo-data: $(STAMP)  ## generate and prepare the built-in data set (data/synthetic*)
-	@test -d data/synthetic || $(PY) -m alexnet.synthetic data/synthetic
+	$(PY) -m alexnet.synthetic data/synthetic
 	$(PY) -m alexnet.prepare data/synthetic data/synthetic-prepared
 
 demo: demo-data  ## train the faithful net on the built-in data on CPU (~10 min), evaluate 1 and 10 crops
 	$(PY) -m alexnet.train --config configs/demo.yaml --resume auto $(SETS)
-	$(PY) -m alexnet.eval --checkpoint runs/demo/best.pt --json runs/demo/eval.json --no-progress
+	$(PY) -m alexnet.eval --checkpoint runs/demo/best.pt --crops 1 --crops 10 \
+		--json runs/demo/eval.json --no-progress
 
 prepare: $(STAMP)  ## RAW=/path/to/ILSVRC2012 DATA=data/ilsvrc2012: resize to 256, pack, mean + PCA
 	$(PY) -m alexnet.prepare $(RAW) $(DATA)
@@ -68,5 +78,6 @@ bench-data: demo-data  ## loader images/s vs ImageFolder+PIL on the built-in dat
 bench-train: $(STAMP)  ## training-step images/s on synthetic input
 	$(PY) -m alexnet.bench train
 
-clean:  ## remove generated data, runs and the venv
-	rm -rf data/synthetic data/synthetic-prepared runs $(VENV)
+clean:  ## remove the venv, caches and the generated demo data (never runs/ or prepared data)
+	rm -rf $(VENV) .pytest_cache .ruff_cache data/synthetic data/.synthetic.partial
+	find alexnet tests scripts -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -12,11 +12,9 @@ array), so a run never discovers at resume time that its checkpoints are unreada
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
 import re
-import uuid
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from alexnet.atomic import atomic_write
 from alexnet.errors import UserError
 
 FORMAT = "alexnet-checkpoint"
@@ -39,31 +38,14 @@ _SCALARS = (str, bytes, int, float, bool, complex, type(None), torch.dtype, torc
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` plus ``{"format", "version"}`` to ``path`` atomically.
 
-    The data goes to a hidden temporary file in the same directory, is flushed and fsynced,
-    then ``os.replace``d onto ``path`` and the directory is fsynced. A crash at any point leaves
-    either the previous file or the new one at ``path``, never a partial file. Parent
-    directories are created.
+    Written with ``alexnet.atomic``: a crash at any point leaves either the previous file or the
+    new one at ``path``, never a partial file. Parent directories are created.
 
     Raises:
         TypeError: a value in ``payload`` could not be loaded with ``weights_only=True``.
     """
-    path = Path(path)
     _check_safe(payload, "payload")
-    data = {**payload, "format": FORMAT, "version": VERSION}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    # O_EXCL: a fresh file; mode 0o666 minus the umask, like a plain open() (mkstemp gives 0600).
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda f: torch.save({**payload, "format": FORMAT, "version": VERSION}, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -204,17 +186,3 @@ def _check_ours(path: Path, data: Any) -> None:
     else:
         why = f"it holds a {type(data).__name__}, not a checkpoint dict"
     raise UserError(f"{path} is not an alexnet checkpoint ({why})")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

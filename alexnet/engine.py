@@ -69,8 +69,13 @@ def train_one_epoch(
     loss_sum = 0.0
     seen, done, started = 0, plan.start_step, time.perf_counter()
     bar = tqdm(
-        total=plan.steps, initial=plan.start_step, desc=f"epoch {plan.epoch}", unit="step",
-        disable=not (show_progress and rt.is_main), dynamic_ncols=True, leave=False,
+        total=plan.steps,
+        initial=plan.start_step,
+        desc=f"epoch {plan.epoch}",
+        unit="step",
+        disable=not (show_progress and rt.is_main),
+        dynamic_ncols=True,
+        leave=False,
     )
     lr = optimizer.param_groups[0]["lr"]
 
@@ -82,7 +87,9 @@ def train_one_epoch(
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             i = int(bad[0])
-            raise NonFiniteLoss(plan.first_global_step + done - plan.start_step - len(window) + i, float(losses[i]))
+            raise NonFiniteLoss(
+                plan.first_global_step + done - plan.start_step - len(window) + i, float(losses[i])
+            )
         loss_sum += float(losses.sum())
         rate = seen / max(time.perf_counter() - started, 1e-9)
         step = plan.first_global_step + done - plan.start_step

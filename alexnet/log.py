@@ -26,7 +26,7 @@ def info(message: str, enabled: bool = True) -> None:
 
 
 class RunLog:
-    """Scalars go to ``metrics.jsonl`` and to TensorBoard; a disabled log (other ranks) is a no-op."""
+    """Scalars go to ``metrics.jsonl`` and TensorBoard; a disabled log (other ranks) is a no-op."""
 
     def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
         self.enabled = enabled
@@ -44,7 +44,9 @@ class RunLog:
         if not self.enabled:
             return
         row = {"kind": kind, "step": step, "time": round(time.time(), 3), **extra}
-        row.update({k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in values.items()})
+        row.update(
+            {k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in values.items()}
+        )
         self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
         if self.writer is not None:
@@ -76,14 +78,19 @@ def environment(devices: tuple[torch.device, ...], world_size: int) -> dict[str,
 
     def git(*args: str) -> str:
         try:
-            out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+            out = subprocess.run(
+                ["git", *args], cwd=root, capture_output=True, text=True, timeout=10
+            )
             return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return ""
 
     import torchvision
 
-    names = [torch.cuda.get_device_name(d) if d.type == "cuda" else platform.processor() or "cpu" for d in devices]
+    names = [
+        torch.cuda.get_device_name(d) if d.type == "cuda" else platform.processor() or "cpu"
+        for d in devices
+    ]
     return {
         "git_commit": git("rev-parse", "HEAD"),
         "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),

@@ -117,11 +117,13 @@ class Accumulator:
                 device = torch.device("cuda", torch.cuda.current_device())
             # float64 holds counts exactly up to 2**53.
             header = [float(self.n), float(self.has_loss)]
-            packed = torch.cat([
-                self.correct.to(device, torch.float64),
-                torch.tensor(header, dtype=torch.float64, device=device),
-                self.loss_sum.to(device).view(1),
-            ])
+            packed = torch.cat(
+                [
+                    self.correct.to(device, torch.float64),
+                    torch.tensor(header, dtype=torch.float64, device=device),
+                    self.loss_sum.to(device).view(1),
+                ]
+            )
             dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=group)
             k = len(self.ks)
             self.correct = packed[:k].round().to(torch.int64).cpu()
@@ -140,7 +142,7 @@ class Accumulator:
         if self.n == 0:
             raise ValueError("no images were counted; the evaluation set is empty")
         out: dict[str, float] = {}
-        for k, c in zip(self.ks, self.correct.tolist()):
+        for k, c in zip(self.ks, self.correct.tolist(), strict=True):
             out[f"top{k}_acc"] = c / self.n
             out[f"top{k}_err"] = (self.n - c) / self.n
         out["n"] = self.n

@@ -109,8 +109,12 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     bias_decay = cfg.weight_decay if cfg.bias_weight_decay is None else cfg.bias_weight_decay
     groups = [
         {"name": "weights", "params": weights, "lr_mult": 1.0, "weight_decay": cfg.weight_decay},
-        {"name": "biases", "params": biases, "lr_mult": cfg.bias_lr_mult,
-         "weight_decay": bias_decay},
+        {
+            "name": "biases",
+            "params": biases,
+            "lr_mult": cfg.bias_lr_mult,
+            "weight_decay": bias_decay,
+        },
     ]
     for g in groups:
         g["lr"] = cfg.lr * g["lr_mult"]
@@ -225,8 +229,13 @@ class LRSchedule:
     def state_dict(self) -> dict[str, Any]:
         """Plain Python numbers and strings, safe for ``torch.load(weights_only=True)``."""
         p = self.plateau
-        return {"type": self.cfg.type, "best": self._best, "plateau_best": p.best,
-                "bad_epochs": p.bad_epochs, "drops": p.drops}
+        return {
+            "type": self.cfg.type,
+            "best": self._best,
+            "plateau_best": p.best,
+            "bad_epochs": p.bad_epochs,
+            "drops": p.drops,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from ``state_dict()``; ``base_lr`` and the settings still come from the config.

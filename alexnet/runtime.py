@@ -56,13 +56,15 @@ class Runtime:
 
     def batch(self, images: torch.Tensor) -> torch.Tensor:
         """Apply the memory format to an input batch already on ``self.device``."""
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        return (
+            images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+        )
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The execution form of a canonical ``AlexNet``: placed, maybe two-tower, DDP, compiled."""
         fmt = torch.channels_last if self.channels_last else torch.preserve_format
         if len(self.devices) == 2:
-            from alexnet.towers import TwoDeviceAlexNet
+            from alexnet.model.towers import TwoDeviceAlexNet
 
             module: nn.Module = TwoDeviceAlexNet.from_model(model, self.devices)
             module = module.to(memory_format=fmt)
@@ -94,7 +96,11 @@ def unwrap(module: nn.Module) -> nn.Module:
 def canonical_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     """The single-device ``AlexNet`` state dict on the CPU, whatever the execution form."""
     inner = unwrap(module)
-    state = inner.canonical_state_dict() if hasattr(inner, "canonical_state_dict") else inner.state_dict()
+    state = (
+        inner.canonical_state_dict()
+        if hasattr(inner, "canonical_state_dict")
+        else inner.state_dict()
+    )
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
@@ -131,7 +137,21 @@ def setup(parallel: ParallelConfig, runtime: RuntimeConfig) -> Runtime:
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (the paper's precision)
         torch.backends.cudnn.allow_tf32 = False
     dtype = torch.bfloat16 if runtime.dtype == "bfloat16" else None
-    return Runtime(parallel.mode, devices, rank, world, dtype, runtime.channels_last, runtime.compile)
+    return Runtime(
+        parallel.mode, devices, rank, world, dtype, runtime.channels_last, runtime.compile
+    )
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def loader_workers(requested: int | None) -> int:
+    """Loader worker processes: ``requested``, or for None the machine's cores, at most 8."""
+    return min(8, available_cpus()) if requested is None else requested
 
 
 def teardown() -> None:
@@ -163,7 +183,9 @@ def _resolve_devices(parallel: ParallelConfig, local_rank: int) -> tuple[torch.d
         raise UserError(f"parallel.devices: {err}") from None
     for d in devices:
         if d.type == "cuda" and (d.index or 0) >= torch.cuda.device_count():
-            raise UserError(f"parallel.devices: {d} is not available ({torch.cuda.device_count()} GPUs)")
+            raise UserError(
+                f"parallel.devices: {d} is not available ({torch.cuda.device_count()} GPUs)"
+            )
     if len(devices) != wanted:
         raise UserError(f"parallel.mode={parallel.mode} needs {wanted} devices, got {names}")
     return devices

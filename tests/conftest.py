@@ -36,9 +36,12 @@ def _seed() -> None:
 @pytest.fixture(scope="session")
 def prepared_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in generated data set, tiny (4 classes x 12 train / 4 val), prepared once."""
-    from alexnet import prepare, synthetic
+    from alexnet import prepare
+    from alexnet.data import synthetic
 
     base = tmp_path_factory.mktemp("tiny")
-    synthetic.make_synthetic(base / "src", num_classes=4, train_per_class=12, val_per_class=4, seed=0)
+    synthetic.make_synthetic(
+        base / "src", num_classes=4, train_per_class=12, val_per_class=4, seed=0
+    )
     assert prepare.main([str(base / "src"), str(base / "prepared"), "--workers", "1"]) == 0
     return base / "prepared"

@@ -60,7 +60,7 @@ def test_round_trip_with_weights_only(tmp_path: Path) -> None:
     optimizer = build_optimizer(model, OptimConfig())
     optimizer.load_state_dict(loaded["optimizer"])
     velocities = [s["velocity"] for s in payload["optimizer"]["state"].values()]
-    for p, v in zip(model.parameters(), velocities):
+    for p, v in zip(model.parameters(), velocities, strict=True):
         assert torch.equal(optimizer.state[p]["velocity"], v)
 
 
@@ -94,6 +94,7 @@ def test_interrupted_write_keeps_previous_checkpoint(
     if break_at == "torch.save":
         monkeypatch.setattr(torch, "save", _truncating_save)
     else:
+
         def failing_replace(src: object, dst: object) -> None:
             raise OSError("killed before the rename")
 

@@ -12,12 +12,14 @@ from PIL import Image
 from torchvision.io import encode_jpeg
 from torchvision.transforms import v2
 
-from alexnet import bench, packed
-from alexnet import transforms as T
+from alexnet import atomic
+from alexnet.bench import __main__ as bench
 from alexnet.config import AugmentConfig, DataConfig
-from alexnet.data import EvalLoader, TrainLoader
+from alexnet.data import packed
+from alexnet.data import transforms as T
+from alexnet.data.loaders import EvalLoader, TrainLoader
+from alexnet.data.packed import PackedSplit
 from alexnet.errors import UserError
-from alexnet.packed import PackedSplit
 
 S = 256
 CLASSES = ["n0000000a", "n0000000b", "n0000000c"]
@@ -27,8 +29,14 @@ Records = list[tuple[torch.Tensor, int]]  # (3, S, S) uint8 image, label
 def write_packed(root: Path, splits: dict[str, Records], encoding: str) -> Path:
     """A prepared folder in packed.py's documented layout, with shards of at most 5 records."""
     root.mkdir(parents=True)
-    meta = {"format": packed.FORMAT, "version": packed.VERSION, "encoding": encoding,
-            "image_size": S, "classes": CLASSES, "splits": {}}  # fmt: skip
+    meta = {
+        "format": packed.FORMAT,
+        "version": packed.VERSION,
+        "encoding": encoding,
+        "image_size": S,
+        "classes": CLASSES,
+        "splits": {},
+    }
     for name, records in splits.items():
         (root / name).mkdir()
         rows, shards = [], []
@@ -49,7 +57,7 @@ def write_packed(root: Path, splits: dict[str, Records], encoding: str) -> Path:
     train = torch.stack([im for im, _ in splits["train"]]).double()
     pixels = train.permute(1, 0, 2, 3).reshape(3, -1).numpy()
     packed.save_stats(root, train.mean(0).numpy(), np.cov(pixels), pixels.shape[1])
-    packed.write_json_atomic(root / "meta.json", meta)
+    atomic.write_json(root / "meta.json", meta)
     return root
 
 
@@ -71,8 +79,10 @@ def _smooth_images(n: int, seed: int) -> list[torch.Tensor]:
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     images = _smooth_images(34, seed=0)
-    splits = {"train": [(im, i % 3) for i, im in enumerate(images[:23])],
-              "val": [(im, (i * 2) % 3) for i, im in enumerate(images[23:])]}  # fmt: skip
+    splits = {
+        "train": [(im, i % 3) for i, im in enumerate(images[:23])],
+        "val": [(im, (i * 2) % 3) for i, im in enumerate(images[23:])],
+    }
     base = tmp_path_factory.mktemp("packed")
     return {enc: write_packed(base / enc, splits, enc) for enc in ("jpeg", "raw")}
 
@@ -81,7 +91,18 @@ def _train(root: Path, loader: str = "cpu", workers: int = 0, batch: int = 6, **
     cfg = DataConfig(root=root, loader=loader, workers=workers)
     aug, seed = kw.pop("augment", AugmentConfig()), kw.pop("seed", 7)
     stats = packed.load_stats(root)
-    return TrainLoader(PackedSplit(root, "train"), stats, cfg, aug, 224, batch, "cpu", seed, **kw)
+    split = PackedSplit(root, "train")
+    return TrainLoader(
+        split,
+        stats,
+        data=cfg,
+        augment=aug,
+        input_size=224,
+        batch_size=batch,
+        device="cpu",
+        seed=seed,
+        **kw,
+    )
 
 
 def _batches(loader: TrainLoader, epoch: int = 0, start: int = 0) -> list:
@@ -89,7 +110,7 @@ def _batches(loader: TrainLoader, epoch: int = 0, start: int = 0) -> list:
 
 
 def _equal(a: list, b: list) -> bool:
-    same = (torch.equal(x, y) and torch.equal(u, v) for (x, u), (y, v) in zip(a, b))
+    same = (torch.equal(x, y) and torch.equal(u, v) for (x, u), (y, v) in zip(a, b, strict=True))
     return len(a) == len(b) and all(same)
 
 
@@ -137,7 +158,10 @@ def test_start_step_resumes_exactly_and_ranks_add_up(roots: dict[str, Path], loa
     whole = _batches(_train(roots["jpeg"], loader))
     assert _equal(_batches(_train(roots["jpeg"], loader), start=2), whole[2:])
     ranks = [_batches(_train(roots["jpeg"], loader, rank=r, world_size=2)) for r in (0, 1)]
-    joined = [(torch.cat([r0[0], r1[0]]), torch.cat([r0[1], r1[1]])) for r0, r1 in zip(*ranks)]
+    joined = [
+        (torch.cat([r0[0], r1[0]]), torch.cat([r0[1], r1[1]]))
+        for r0, r1 in zip(*ranks, strict=True)
+    ]
     assert all(len(x) == 3 for x, _ in ranks[0]) and _equal(joined, whole)
 
 
@@ -162,8 +186,8 @@ def test_lighting_is_redrawn_each_epoch(roots: dict[str, Path]) -> None:
     aug = AugmentConfig(random_crop=False, flip=False)  # only the lighting varies
     loader = _train(roots["raw"], augment=aug, batch=23)
     (x0, _), (x1, _) = _batches(loader, 0)[0], _batches(loader, 1)[0]
-    first = dict(zip(loader.plan.indices(0, 0).tolist(), x0))
-    second = dict(zip(loader.plan.indices(1, 0).tolist(), x1))
+    first = dict(zip(loader.plan.indices(0, 0).tolist(), x0, strict=True))
+    second = dict(zip(loader.plan.indices(1, 0).tolist(), x1, strict=True))
     diff = first[5] - second[5]  # the same image: another, spatially constant, shift
     assert diff.abs().amax() > 0.01
     assert torch.allclose(diff, diff[:, :1, :1].expand_as(diff), atol=1e-3)
@@ -181,9 +205,12 @@ def test_eval_covers_every_image_once(roots: dict[str, Path], views: int, loader
         expected = torch.stack(v2.TenCrop(224)(centred), 1)
     else:
         expected = v2.CenterCrop(224)(centred)[:, None]
+    common = dict(data=cfg, input_size=224, batch_size=4, device="cpu")
     for world in (1, 2, 3):
-        parts = [list(EvalLoader(split, stats, cfg, 224, 4, "cpu", views, r, world))
-                 for r in range(world)]  # fmt: skip
+        parts = [
+            list(EvalLoader(split, stats, rank=r, world_size=world, views=views, **common))
+            for r in range(world)
+        ]
         x = torch.cat([b for part in parts for b, _ in part])
         y = torch.cat([lab for part in parts for _, lab in part])
         assert x.shape == (11, views, 3, 224, 224)
@@ -195,7 +222,8 @@ def test_eval_cpu_workers_and_batched_decode_agree_on_jpeg(roots: dict[str, Path
     root, stats = roots["jpeg"], packed.load_stats(roots["jpeg"])
     split = PackedSplit(root, "val")
     cfgs = [DataConfig(root=root, loader="cpu", workers=2), DataConfig(root=root, loader="gpu")]
-    assert _equal(*[list(EvalLoader(split, stats, cfg, 224, 5, "cpu", 10)) for cfg in cfgs])
+    kw = dict(input_size=224, batch_size=5, device="cpu", views=10)
+    assert _equal(*[list(EvalLoader(split, stats, data=cfg, **kw)) for cfg in cfgs])
 
 
 def test_user_errors(roots: dict[str, Path], tmp_path: Path) -> None:
@@ -205,8 +233,9 @@ def test_user_errors(roots: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(UserError, match="fewer than one batch"):
         _train(root, batch=64)
     train = PackedSplit(root, "train")
+    small = dict(input_size=224, batch_size=4, device="cpu", seed=0)
     with pytest.raises(UserError, match="stats.npz"):
-        TrainLoader(train, None, DataConfig(), AugmentConfig(), 224, 4, "cpu", 0)
+        TrainLoader(train, None, data=DataConfig(), augment=AugmentConfig(), **small)
     with pytest.raises(UserError, match="stats.npz"):
         packed.load_stats(tmp_path)
     with pytest.raises(UserError, match="does not exist"):
@@ -214,7 +243,7 @@ def test_user_errors(roots: dict[str, Path], tmp_path: Path) -> None:
     # torchvision normalisation with fb lighting constants needs no stats at all
     tv = replace(DataConfig(), normalize="channel_mean_std")
     fb = AugmentConfig(lighting_constants="fb")
-    assert len(TrainLoader(train, None, tv, fb, 224, 4, "cpu", 0)) == 5
+    assert len(TrainLoader(train, None, data=tv, augment=fb, **small)) == 5
 
 
 def test_real_photos_through_both_paths(shared_data: Path, tmp_path: Path) -> None:
@@ -251,7 +280,16 @@ def test_gpu_path_on_cuda_matches_cpu(roots: dict[str, Path]) -> None:
     def run(root: Path, loader: str, device: str) -> list:
         cfg, stats = DataConfig(root=root, loader=loader, workers=2), packed.load_stats(root)
         split = PackedSplit(root, "train")
-        tl = TrainLoader(split, stats, cfg, AugmentConfig(), 224, 6, device, 3)
+        tl = TrainLoader(
+            split,
+            stats,
+            data=cfg,
+            augment=AugmentConfig(),
+            input_size=224,
+            batch_size=6,
+            device=device,
+            seed=3,
+        )
         return [(x.cpu(), y.cpu()) for x, y in tl.epoch(0)]
 
     for enc in ("raw", "jpeg"):

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from alexnet.config import load_config
-from alexnet.data import EvalLoader, TrainLoader
+from alexnet.data.loaders import EvalLoader, TrainLoader
+from alexnet.data.packed import PackedSplit, load_stats
 from alexnet.engine import EpochPlan, Hooks, evaluate, train_one_epoch
 from alexnet.model import build_model
 from alexnet.optim import build_optimizer
-from alexnet.packed import PackedSplit, load_stats
 from alexnet.runtime import Runtime
 
 CPU = Runtime("single", (torch.device("cpu"),))
@@ -21,18 +21,36 @@ CPU = Runtime("single", (torch.device("cpu"),))
 
 def test_a_tiny_run_overfits_one_small_batch(prepared_tiny: Path) -> None:
     # The faithful net and init; dropout off and a smaller lr, so 8 images can be memorised.
-    cfg = load_config(None, ["model.num_classes=4", "model.dropout.p=0", "optim.lr=0.001",
-                             "data.workers=0", f"data.root={prepared_tiny}"])
+    cfg = load_config(
+        None,
+        [
+            "model.num_classes=4",
+            "model.dropout.p=0",
+            "optim.lr=0.001",
+            "data.workers=0",
+            f"data.root={prepared_tiny}",
+        ],
+    )
     model = build_model(cfg.model)
     split = PackedSplit(prepared_tiny, "train")
-    loader = TrainLoader(split, load_stats(prepared_tiny), cfg.data, cfg.augment, 224, 8, "cpu", 0)
+    loader = TrainLoader(
+        split,
+        load_stats(prepared_tiny),
+        data=cfg.data,
+        augment=cfg.augment,
+        input_size=224,
+        batch_size=8,
+        device="cpu",
+        seed=0,
+    )
     images, labels = next(iter(loader.epoch(0)))
     optimizer = build_optimizer(model, cfg.optim)
     losses: list[float] = []
     hooks = Hooks(log=lambda step, values: losses.append(values["loss"]))
     plan = EpochPlan(0, 0, 80, 0, log_every=1, checkpoint_every=0)
-    result = train_one_epoch(model, itertools.repeat((images, labels)), optimizer, CPU, plan, hooks,
-                             show_progress=False)
+    result = train_one_epoch(
+        model, itertools.repeat((images, labels)), optimizer, CPU, plan, hooks, show_progress=False
+    )
     assert result["steps_done"] == 80 and len(losses) == 80
     assert losses[-1] < 0.05 < losses[0]
     with torch.no_grad():
@@ -46,7 +64,9 @@ def test_evaluate_counts_views_and_averages_softmax(prepared_tiny: Path) -> None
     model = build_model(cfg.model).eval()
     split = PackedSplit(prepared_tiny, "val")
     stats = load_stats(prepared_tiny)
-    ten = EvalLoader(split, stats, cfg.data, 224, 5, "cpu", views=10)
+    ten = EvalLoader(
+        split, stats, data=cfg.data, input_size=224, batch_size=5, device="cpu", views=10
+    )
     result = evaluate(model, ten, CPU, expected=len(split), show_progress=False)
     probs, labels = [], []
     with torch.no_grad():

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import argv
 from torchvision.transforms import v2
 
 from alexnet import eval as eval_cli
 from alexnet import train
 from alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.config import config_from_dict
+from alexnet.data.packed import PackedSplit
 from alexnet.model import build_model
-from alexnet.packed import PackedSplit
-
-from test_train import argv
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +47,28 @@ def direct_errors(ckpt: Path, data: Path, views: int) -> tuple[float, float]:
     return (n - top1) / n, (n - top5) / n
 
 
-def test_eval_json_equals_a_direct_computation(trained: Path, prepared_tiny: Path, tmp_path: Path) -> None:
+def test_eval_json_equals_a_direct_computation(
+    trained: Path, prepared_tiny: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "eval.json"
-    assert eval_cli.main(["--checkpoint", str(trained), "--json", str(out), "--no-progress",
-                          "--workers", "0"]) == 0
+    assert (
+        eval_cli.main(
+            [
+                "--checkpoint",
+                str(trained),
+                "--json",
+                str(out),
+                "--no-progress",
+                "--workers",
+                "0",
+                "--crops",
+                "1",
+                "--crops",
+                "10",
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["images"] == 16 and report["split"] == "val"
     for views in (1, 10):
@@ -64,13 +81,28 @@ def test_eval_json_equals_a_direct_computation(trained: Path, prepared_tiny: Pat
 
 def test_eval_reads_its_config_from_the_checkpoint(trained: Path, tmp_path: Path) -> None:
     out = tmp_path / "one.json"
-    assert eval_cli.main(["--checkpoint", str(trained), "--crops", "1", "--json", str(out),
-                          "--no-progress", "--workers", "0"]) == 0
+    assert (
+        eval_cli.main(
+            [
+                "--checkpoint",
+                str(trained),
+                "--crops",
+                "1",
+                "--json",
+                str(out),
+                "--no-progress",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert list(json.loads(out.read_text())["results"]) == ["1"]
 
 
-def test_bad_checkpoints_are_one_clear_error(trained: Path, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_checkpoints_are_one_clear_error(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(trained.read_bytes()[:1000])
     foreign = tmp_path / "foreign.pt"
@@ -86,14 +118,16 @@ def test_bad_checkpoints_are_one_clear_error(trained: Path, tmp_path: Path,
         assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
-def test_wrong_data_folder_is_one_clear_error(trained: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_data_folder_is_one_clear_error(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert eval_cli.main(["--checkpoint", str(trained), "--data", str(tmp_path)]) == 2
     assert "not a prepared data set" in capsys.readouterr().err
 
 
-def test_weights_that_do_not_fit_the_stored_config(trained: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_weights_that_do_not_fit_the_stored_config(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     state = load_checkpoint(trained)
     state["model"]["fc8.weight"] = torch.zeros(3, 4096)
     bad = tmp_path / "bad.pt"

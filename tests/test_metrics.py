@@ -24,12 +24,14 @@ from alexnet.metrics import (
 #   row 1: target 0, class 0 is 3rd highest            -> rank 3 (top-5 only)
 #   row 2: target 5, class 5 is the lowest             -> rank 6 (neither)
 #   row 3: target 4, class 4 is 5th highest            -> rank 5 (top-5 only)
-SCORES = torch.tensor([
-    [0.0, 0.1, 0.9, 0.2, -1.0, 0.3],
-    [2.0, 3.0, 1.0, 5.0, -2.0, 0.5],
-    [1.0, 2.0, 3.0, 4.0, 5.0, -6.0],
-    [6.0, 5.0, 4.0, 3.0, 2.0, 1.0],
-])
+SCORES = torch.tensor(
+    [
+        [0.0, 0.1, 0.9, 0.2, -1.0, 0.3],
+        [2.0, 3.0, 1.0, 5.0, -2.0, 0.5],
+        [1.0, 2.0, 3.0, 4.0, 5.0, -6.0],
+        [6.0, 5.0, 4.0, 3.0, 2.0, 1.0],
+    ]
+)
 TARGETS = torch.tensor([2, 0, 5, 4])
 # By hand: top-1: row 0 only = 1; top-2: row 0 = 1; top-3: rows 0, 1 = 2; top-5: rows 0, 1, 3 = 3.
 
@@ -60,12 +62,15 @@ def _softmax(row: list[float]) -> list[float]:
 
 
 def test_average_views_is_mean_of_softmaxes() -> None:
-    logits = torch.tensor([
-        [[0.0, 1.0, 2.0], [3.0, 0.0, -1.0]],
-        [[10.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
-    ], dtype=torch.float64)
+    logits = torch.tensor(
+        [
+            [[0.0, 1.0, 2.0], [3.0, 0.0, -1.0]],
+            [[10.0, 0.0, 0.0], [0.0, 0.0, 0.0]],
+        ],
+        dtype=torch.float64,
+    )
     expected = [
-        [(a + b) / 2 for a, b in zip(_softmax(image[0]), _softmax(image[1]))]
+        [(a + b) / 2 for a, b in zip(_softmax(image[0]), _softmax(image[1]), strict=True)]
         for image in logits.tolist()
     ]
     probs = average_views(logits)
@@ -123,6 +128,7 @@ def test_check_count() -> None:
 
 
 # --- two ranks with gloo ------------------------------------------------------------------------
+
 
 def _shard(rank: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Rank 0: 6 images, all right at top-1. Rank 1: 2 images, target 2nd. Loss per image = rank."""

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet.config import LAYERS, InitConfig, ModelConfig, load_config
-from alexnet.model import AlexNet, PaperDropout, PaperLRN, build_model, main, summarize
+from alexnet.model import AlexNet, PaperDropout, PaperLRN, build_model
+from alexnet.model.__main__ import main
+from alexnet.model.summary import summarize
 
 # faithful-spec.md 1.1: (output C x H x W, parameters, multiply-adds per image).
 SPEC_TABLE = {
@@ -88,8 +90,9 @@ def test_towers_as_groups(paper_model: AlexNet) -> None:
 # --- LRN against the formula of §3.3, looped in float64 ----------------------------------------
 
 
-def lrn_reference(a: torch.Tensor, n: int, alpha: float, beta: float, k: float, semantics: str,
-                  groups: int) -> torch.Tensor:  # fmt: skip
+def lrn_reference(
+    a: torch.Tensor, n: int, alpha: float, beta: float, k: float, semantics: str, groups: int
+) -> torch.Tensor:
     a = a.double()
     out = torch.empty_like(a)
     per = a.shape[1] // groups
@@ -152,8 +155,10 @@ def run_recorded(model: nn.Module, x: torch.Tensor) -> list[tuple[str, torch.Ten
 
 
 # Half of each layer's inputs and half of its outputs belong to each tower.
-@pytest.mark.parametrize("layer, talks", [("conv2", False), ("conv4", False), ("conv5", False),
-                                          ("conv3", True), ("fc6", True)])  # fmt: skip
+@pytest.mark.parametrize(
+    "layer, talks",
+    [("conv2", False), ("conv4", False), ("conv5", False), ("conv3", True), ("fc6", True)],
+)
 def test_towers_see_only_their_own_maps_except_at_conv3_and_fc(
     paper_model: AlexNet, layer: str, talks: bool
 ) -> None:
@@ -276,22 +281,25 @@ def structure(cfg: ModelConfig) -> dict[str, str]:
     return {n: repr(m) for n, m in structure_model(cfg).named_children()}
 
 
-@pytest.mark.parametrize("override, changed", [
-    ("lrn.enabled=false", {"lrn1", "lrn2"}),
-    ("lrn.alpha_semantics=divided_by_n", {"lrn1", "lrn2"}),
-    ("lrn.k=1", {"lrn1", "lrn2"}),
-    ("lrn.per_tower=false", {"lrn1", "lrn2"}),
-    ("activation=tanh", {"act"}),
-    ("pooling=non_overlapping", {"pool1", "pool2", "pool5"}),
-    ("conv1_geometry=crop227_valid", {"pad1"}),
-    ("conv1_geometry=pad2_224", {"pad1"}),
-    ("dropout.style=inverted", {"drop6", "drop7"}),
-    ("dropout.placement=inputs", set()),
-    ("lrn.conv1_position=before_relu", set()),
-    ("num_classes=10", {"fc8"}),
-    ("arch=one_tower", {"conv1", "conv2", "conv3", "conv4", "conv5", "lrn1", "lrn2"}),
-    ("arch=owt", {"conv1", "conv2", "conv3", "conv4", "conv5", "lrn1", "lrn2"}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override, changed",
+    [
+        ("lrn.enabled=false", {"lrn1", "lrn2"}),
+        ("lrn.alpha_semantics=divided_by_n", {"lrn1", "lrn2"}),
+        ("lrn.k=1", {"lrn1", "lrn2"}),
+        ("lrn.per_tower=false", {"lrn1", "lrn2"}),
+        ("activation=tanh", {"act"}),
+        ("pooling=non_overlapping", {"pool1", "pool2", "pool5"}),
+        ("conv1_geometry=crop227_valid", {"pad1"}),
+        ("conv1_geometry=pad2_224", {"pad1"}),
+        ("dropout.style=inverted", {"drop6", "drop7"}),
+        ("dropout.placement=inputs", set()),
+        ("lrn.conv1_position=before_relu", set()),
+        ("num_classes=10", {"fc8"}),
+        ("arch=one_tower", {"conv1", "conv2", "conv3", "conv4", "conv5", "lrn1", "lrn2"}),
+        ("arch=owt", {"conv1", "conv2", "conv3", "conv4", "conv5", "lrn1", "lrn2"}),
+    ],
+)
 def test_switch_changes_only_its_modules(override: str, changed: set[str]) -> None:
     paper, other = structure(ModelConfig()), structure(model_cfg(override))
     assert paper.keys() == other.keys()
@@ -308,10 +316,13 @@ def test_switch_effects(paper_model: AlexNet) -> None:
     assert shapes == [r.output_shape for r in summarize(paper_model, 224)]
 
 
-@pytest.mark.parametrize("arch, widths, params", [
-    ("one_tower", (48, 128, 192, 192, 256), None),  # §3.2 footnote 2
-    ("owt", (64, 192, 384, 256, 256), 61_100_840),  # torchvision's count (spec 1.3)
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "arch, widths, params",
+    [
+        ("one_tower", (48, 128, 192, 192, 256), None),  # §3.2 footnote 2
+        ("owt", (64, 192, 384, 256, 256), 61_100_840),  # torchvision's count (spec 1.3)
+    ],
+)
 def test_comparison_archs(arch: str, widths: tuple[int, ...], params: int | None) -> None:
     model = structure_model(model_cfg(f"arch={arch}"))
     convs = [getattr(model, n) for n in LAYERS[:5]]
@@ -322,11 +333,24 @@ def test_comparison_archs(arch: str, widths: tuple[int, ...], params: int | None
         assert sum(p.numel() for p in model.parameters()) == params
 
 
-@pytest.mark.parametrize("geometry, size, first, last", [
-    ("cc_ceil", 224, (slice(0, 11), slice(0, 11)), (slice(216, 224), slice(0, 8))),  # 3 px overhang
-    ("crop227_valid", 227, (slice(0, 11), slice(0, 11)), (slice(216, 227), slice(0, 11))),
-    ("pad2_224", 224, (slice(0, 9), slice(2, 11)), (slice(214, 224), slice(0, 10))),  # 2 px, 1 px
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "geometry, size, first, last",
+    [
+        (
+            "cc_ceil",
+            224,
+            (slice(0, 11), slice(0, 11)),
+            (slice(216, 224), slice(0, 8)),
+        ),  # 3 px overhang
+        ("crop227_valid", 227, (slice(0, 11), slice(0, 11)), (slice(216, 227), slice(0, 11))),
+        (
+            "pad2_224",
+            224,
+            (slice(0, 9), slice(2, 11)),
+            (slice(214, 224), slice(0, 10)),
+        ),  # 2 px, 1 px
+    ],
+)
 def test_conv1_geometry(geometry: str, size: int, first: tuple, last: tuple) -> None:
     """Windows (0, 0) and (54, 54) of conv1 summed by hand: image rows/cols x kernel taps."""
     model = AlexNet(model_cfg(f"conv1_geometry={geometry}"))

@@ -80,7 +80,7 @@ def _step(opt: torch.optim.Optimizer, p: nn.Parameter, lr: float) -> None:
 def test_paper_sgd_matches_hand_computation_across_lr_cut() -> None:
     p = _param()
     opt = PaperSGD([p], lr=0.01, momentum=0.9, weight_decay=5e-4)
-    for lr, v, w in zip(LRS, HAND_V, HAND_W):
+    for lr, v, w in zip(LRS, HAND_V, HAND_W, strict=True):
         _step(opt, p, lr)
         assert opt.state[p]["velocity"].tolist() == pytest.approx(v, rel=1e-13, abs=0)
         assert p.detach().tolist() == pytest.approx(w, rel=1e-13, abs=0)
@@ -163,7 +163,10 @@ def test_param_groups_split_by_role_with_lr_mult_and_bias_decay() -> None:
     weights, biases = param_groups(net, cfg)
     ids = lambda group: {id(p) for p in group["params"]}  # noqa: E731
     assert ids(weights) == {
-        id(net.conv.weight), id(net.fc.weight), id(net.head.weight), id(net.norm.weight)
+        id(net.conv.weight),
+        id(net.fc.weight),
+        id(net.head.weight),
+        id(net.norm.weight),
     }
     assert ids(biases) == {id(net.conv.bias), id(net.fc.bias), id(net.norm.bias)}
     assert len(weights["params"]) == 4 and len(biases["params"]) == 3
@@ -194,13 +197,15 @@ def test_build_optimizer_choices() -> None:
     paper_opt = build_optimizer(net, OptimConfig())
     assert type(paper_opt) is PaperSGD
     assert [(g["name"], g["momentum"], g["weight_decay"]) for g in paper_opt.param_groups] == [
-        ("weights", 0.9, 5e-4), ("biases", 0.9, 5e-4)
+        ("weights", 0.9, 5e-4),
+        ("biases", 0.9, 5e-4),
     ]
     torch_cfg = OptimConfig(momentum_semantics="pytorch", bias_weight_decay=0.0)
     torch_opt = build_optimizer(net, torch_cfg)
     assert type(torch_opt) is torch.optim.SGD
     assert [(g["lr"], g["momentum"], g["weight_decay"]) for g in torch_opt.param_groups] == [
-        (0.01, 0.9, 5e-4), (0.01, 0.9, 0.0)
+        (0.01, 0.9, 5e-4),
+        (0.01, 0.9, 0.0),
     ]
     frozen = nn.Linear(3, 2).requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
@@ -232,7 +237,7 @@ def test_state_dict_round_trip_continues_identically() -> None:
     clone_opt.load_state_dict(saved["optimizer"])
     train(model, opt, 3)
     train(clone, clone_opt, 3)
-    for a, b in zip(model.parameters(), clone.parameters()):
+    for a, b in zip(model.parameters(), clone.parameters(), strict=True):
         assert torch.equal(a, b)
 
 

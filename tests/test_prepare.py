@@ -1,4 +1,4 @@
-"""alexnet.prepare and alexnet.sources on real files (shared ImageNet samples, 15-Scene) and on
+"""alexnet.prepare and alexnet.data.sources on real files (shared ImageNet samples, 15-Scene) and on
 deliberately broken ones, checked against independent references (torchvision, numpy)."""
 
 from __future__ import annotations
@@ -15,18 +15,24 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 
-from alexnet import packed
 from alexnet import prepare as prep
+from alexnet.data import packed, units
+from alexnet.data import prepare as prep_lib
+from alexnet.data.sources import find_sources
+from alexnet.data.synthetic import SHAPES, make_image
 from alexnet.errors import UserError
-from alexnet.sources import find_sources
-from alexnet.synthetic import SHAPES, make_image
 
 # sorted: tench; tusker (75x56: upscaled); Airedale (grayscale JPEG); can opener (EXIF rotation,
 # ignored as by every loader). Labels are positions in this sorted list.
 CLASSES = ("n01440764", "n01871265", "n02096051", "n02951585")
 # file -> what report.json must say ("was" for converted files, a reason fragment for skipped)
-CONVERTED = {"x_cmyk.JPEG": "CMYK", "x_png.JPEG": "PNG", "x_gray.JPEG": "L",
-             "x_rgba.JPEG": "PNG RGBA", "x_palette.JPEG": "GIF P"}  # fmt: skip
+CONVERTED = {
+    "x_cmyk.JPEG": "CMYK",
+    "x_png.JPEG": "PNG",
+    "x_gray.JPEG": "L",
+    "x_rgba.JPEG": "PNG RGBA",
+    "x_palette.JPEG": "GIF P",
+}
 SKIPPED = {"x_truncated.JPEG": "truncated", "x_empty.JPEG": "empty", "x_text.JPEG": "not an image"}
 
 
@@ -186,12 +192,14 @@ def test_flat_val_labels_map_to_sorted_wnid_indices(kind: str, tmp_path: Path, s
     meta = shared_data / "imagenet_meta"
     src, wnids, extra = _flat_val_source(tmp_path / "src", meta)
     files = {
-        "devkit": dict(val_labels=meta / "ILSVRC2012_validation_ground_truth.DERIVED.txt",
-                       id_map=meta / "ILSVRC2012_id_wnid_name.txt"),
+        "devkit": dict(
+            val_labels=meta / "ILSVRC2012_validation_ground_truth.DERIVED.txt",
+            id_map=meta / "ILSVRC2012_id_wnid_name.txt",
+        ),
         "kaggle": dict(val_labels=meta / "LOC_val_solution_wnid_only.csv"),
         "caffe": dict(val_labels=meta / "val_caffe.txt", class_list=meta / "synset_words.txt"),
         "wnid_lines": dict(val_labels=meta / "val_wnids.DERIVED.txt"),  # TF-slim's form
-    }[kind]  # fmt: skip
+    }[kind]
     plan = find_sources(src, **files)
     classes = sorted(set(wnids))
     val = [item for item in plan.items if item.split == "val"]
@@ -230,7 +238,7 @@ def test_flat_val_without_labels_is_one_clear_error(tmp_path: Path, capsys) -> N
 
 
 def _unit_files(out: Path) -> dict[str, int]:
-    files = [p for p in out.glob("*/*") if prep.UNIT_FILE.fullmatch(p.name)]
+    files = [p for p in out.glob("*/*") if units.UNIT_FILE.fullmatch(p.name)]
     return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in files}
 
 
@@ -238,19 +246,21 @@ def test_resume_redoes_only_unfinished_units(source: Path, tmp_path: Path, monke
     common = ["--workers", "1", "--unit-size", "2"]
     assert prep.main([str(source), str(tmp_path / "whole"), *common]) == 0
     out = tmp_path / "resumed"
-    real, calls = prep.run_unit, []
+    real, calls = prep_lib.run_unit, []
 
     def crash_on_fourth(job):
         calls.append(job[2].stem)
         if len(calls) == 4:  # killed midway: only a partial temporary file is left behind
-            (out / f"{job[2].stem}.bin.tmp").write_bytes(b"half a shard")
+            stem = Path(job[2].stem)
+            tmp = out / stem.parent / f".{stem.name}.bin.0123456789ab.tmp"
+            tmp.write_bytes(b"half a shard")
             raise RuntimeError("simulated crash")
         return real(job)
 
-    monkeypatch.setattr(prep, "run_unit", crash_on_fourth)
+    monkeypatch.setattr(prep_lib, "run_unit", crash_on_fourth)
     with pytest.raises(RuntimeError, match="simulated crash"):
         prep.main([str(source), str(out), *common])
-    monkeypatch.setattr(prep, "run_unit", real)
+    monkeypatch.setattr(prep_lib, "run_unit", real)
     with pytest.raises(UserError, match="no meta.json"):
         packed.read_meta(out)
     finished = _unit_files(out)
@@ -276,11 +286,12 @@ def test_resume_redoes_only_unfinished_units(source: Path, tmp_path: Path, monke
 def test_scene15_grayscale_prepares_with_test_as_val(shared_data: Path, tmp_path: Path) -> None:
     src = shared_data / "scene15"
     outs = [tmp_path / "one", tmp_path / "two"]
-    for out, workers in zip(outs, ("1", "2")):
+    for out, workers in zip(outs, ("1", "2"), strict=True):
         assert prep.main([str(src), str(out), "--limit-per-class", "2", "--workers", workers]) == 0
     for split in ("train", "val"):  # the process pool writes the same bytes as one process
-        np.testing.assert_array_equal(np.load(outs[0] / split / "index.npy"),
-                                      np.load(outs[1] / split / "index.npy"))  # fmt: skip
+        np.testing.assert_array_equal(
+            np.load(outs[0] / split / "index.npy"), np.load(outs[1] / split / "index.npy")
+        )
     classes = sorted(p.name for p in (src / "train").iterdir() if p.is_dir())
     report = json.loads((outs[1] / "report.json").read_text())
     assert report["counts"] == {"train": 2 * len(classes), "val": 2 * len(classes)}
@@ -327,8 +338,13 @@ def test_bad_input_exits_2_with_one_message(layout: str, tmp_path: Path, capsys)
         extra = ["--quality", "0"]
     assert prep.main([str(src), str(out), *extra]) == 2
     err = capsys.readouterr().err
-    expected = {"missing": "does not exist", "no_train": "has no train/", "quality": "--quality",
-                "foreign_out": "not empty", "empty_classes": "no files"}[layout]  # fmt: skip
+    expected = {
+        "missing": "does not exist",
+        "no_train": "has no train/",
+        "quality": "--quality",
+        "foreign_out": "not empty",
+        "empty_classes": "no files",
+    }[layout]
     assert err.startswith("error: ") and expected in err and err.count("\n") == 1
 
 
@@ -351,8 +367,11 @@ def test_kaggle_layout_and_csv_are_found_without_flags(tmp_path: Path) -> None:
     (root / "val").mkdir()
     for k in (1, 2, 3):
         (root / "val" / f"ILSVRC2012_val_{k:08d}.JPEG").write_bytes(b"")
-    rows = ["ImageId,PredictionString", "ILSVRC2012_val_00000002,n01000000 1 2 3 4",
-            "ILSVRC2012_val_00000001,n02000000 5 6 7 8 n02000000 1 1 2 2"]  # fmt: skip
+    rows = [
+        "ImageId,PredictionString",
+        "ILSVRC2012_val_00000002,n01000000 1 2 3 4",
+        "ILSVRC2012_val_00000001,n02000000 5 6 7 8 n02000000 1 1 2 2",
+    ]
     (tmp_path / "kaggle" / "LOC_val_solution.csv").write_text("\n".join(rows) + "\n")
     plan = find_sources(tmp_path / "kaggle")
     assert plan.root == root and plan.classes == ["n01000000", "n02000000"]

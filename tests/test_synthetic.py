@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from alexnet import packed
 from alexnet import prepare as prep
-from alexnet import synthetic as syn
+from alexnet import synthetic as syn_cli
+from alexnet.data import packed, units
+from alexnet.data import synthetic as syn
 
 GT, MAP, WORDS = syn.LABEL_FILES
 
@@ -86,7 +87,7 @@ def test_prepares_end_to_end_with_the_flat_val_labels(small: Path, tmp_path: Pat
     assert val.labels.tolist() == [label for label, _ in wanted]
     for k, (_, j) in enumerate(wanted):  # each record is the right file, not just the right count
         source = Image.open(small / "val" / f"ILSVRC2012_val_{j:08d}.JPEG").convert("RGB")
-        want = np.asarray(prep.resize_center_crop(source, 256))
+        want = np.asarray(units.resize_center_crop(source, 256))
         assert np.array_equal(val.image(k).permute(1, 2, 0).numpy(), want)
 
 
@@ -106,9 +107,14 @@ def test_classes_are_learnable_by_a_small_convnet(tmp_path: Path) -> None:
         return F.avg_pool2d(x, 4), data.labels  # 64x64
 
     (x, y), (xv, yv) = load("train"), load("val")
-    net = torch.nn.Sequential(*_block(3, 16, 5, 2), *_block(16, 32, 3, 1), *_block(32, 32, 3, 1),
-                              torch.nn.AdaptiveMaxPool2d(1), torch.nn.Flatten(),
-                              torch.nn.Linear(32, 4))  # fmt: skip
+    net = torch.nn.Sequential(
+        *_block(3, 16, 5, 2),
+        *_block(16, 32, 3, 1),
+        *_block(32, 32, 3, 1),
+        torch.nn.AdaptiveMaxPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32, 4),
+    )
     opt = torch.optim.Adam(net.parameters(), 3e-3)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny convolutions: threads only add overhead on a busy machine
@@ -129,12 +135,12 @@ def test_classes_are_learnable_by_a_small_convnet(tmp_path: Path) -> None:
 def test_cli_writes_and_rewrites_its_own_folder_only(tmp_path: Path, capsys) -> None:
     out = tmp_path / "syn"
     args = [str(out), "--classes", "2", "--train-per-class", "1", "--val-per-class", "1"]
-    assert syn.main(args) == 0
+    assert syn_cli.main(args) == 0
     first = _files(out)
-    assert syn.main(args) == 0 and _files(out) == first  # an earlier synthetic set is replaced
+    assert syn_cli.main(args) == 0 and _files(out) == first  # an earlier synthetic set is replaced
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "holiday.jpg").write_bytes(b"")
-    assert syn.main([str(foreign)]) == 2
+    assert syn_cli.main([str(foreign)]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert syn.main([str(tmp_path / "x"), "--classes", "99"]) == 2
+    assert syn_cli.main([str(tmp_path / "x"), "--classes", "99"]) == 2

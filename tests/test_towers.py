@@ -1,4 +1,4 @@
-"""The two-device towers (alexnet.towers) against the single-device grouped AlexNet.
+"""The two-device towers (alexnet.model.towers) against the single-device grouped AlexNet.
 
 On ("cpu", "cpu") both forms must compute the same function and gradients from the same weights,
 and draw the same dropout masks from the same random state.
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from alexnet.config import LAYERS, ModelConfig, load_config
 from alexnet.model import AlexNet, build_model
-from alexnet.towers import TwoDeviceAlexNet, merge_towers, split_canonical
+from alexnet.model.towers import TwoDeviceAlexNet, merge_towers, split_canonical
 
 CPUS = ("cpu", "cpu")
 
@@ -66,11 +66,14 @@ def test_eval_outputs_and_gradients_match(pair: tuple[AlexNet, TwoDeviceAlexNet]
     assert_grads_match(single, towers)
 
 
-@pytest.mark.parametrize("overrides", [
-    ("lrn.conv1_position=before_relu", "lrn.alpha_semantics=divided_by_n", "lrn.k=1"),
-    ("conv1_geometry=crop227_valid", "pooling=non_overlapping", "activation=tanh"),
-    ("conv1_geometry=pad2_224", "lrn.enabled=false", "lrn.per_tower=false"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("lrn.conv1_position=before_relu", "lrn.alpha_semantics=divided_by_n", "lrn.k=1"),
+        ("conv1_geometry=crop227_valid", "pooling=non_overlapping", "activation=tanh"),
+        ("conv1_geometry=pad2_224", "lrn.enabled=false", "lrn.per_tower=false"),
+    ],
+)
 def test_options_match(overrides: tuple[str, ...]) -> None:
     cfg = model_cfg(*overrides)
     single = build_model(cfg).eval()
@@ -135,11 +138,14 @@ def test_same_seed_gives_the_same_weights_as_build_model() -> None:
     assert all(torch.equal(canonical[k], v) for k, v in single.state_dict().items())
 
 
-@pytest.mark.parametrize("override, match", [
-    ("arch=one_tower", "two_tower"),
-    ("arch=owt", "two_tower"),
-    ("lrn.per_tower=false", "per_tower"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("arch=one_tower", "two_tower"),
+        ("arch=owt", "two_tower"),
+        ("lrn.per_tower=false", "per_tower"),
+    ],
+)
 def test_rejects_what_two_devices_cannot_run(override: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         TwoDeviceAlexNet(model_cfg(override), CPUS)

@@ -8,9 +8,9 @@ import torch
 from torchvision.transforms import v2
 
 from alexnet import paper
-from alexnet import transforms as T
+from alexnet.data import transforms as T
+from alexnet.data.packed import Stats, eig_descending
 from alexnet.errors import UserError
-from alexnet.packed import Stats, eig_descending
 
 
 def _images(n: int, h: int = 256, w: int = 256, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
@@ -53,8 +53,8 @@ def test_crop_flip_equals_direct_slicing(dtype: torch.dtype) -> None:
     x, p = _images(16, dtype=dtype), _params(16, seed=3)
     expected = []
     for i in range(16):
-        t, l = int(p.top[i]), int(p.left[i])
-        patch = x[i, :, t : t + 224, l : l + 224].numpy()
+        top, left = int(p.top[i]), int(p.left[i])
+        patch = x[i, :, top : top + 224, left : left + 224].numpy()
         expected.append(patch[:, :, ::-1] if p.flip[i] else patch)
     got = T.crop_flip(x, p.top, p.left, p.flip, 224)
     assert got.dtype == dtype and torch.equal(got, torch.from_numpy(np.stack(expected)))

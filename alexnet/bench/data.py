@@ -1,11 +1,8 @@
-"""Throughput benchmarks: ``python -m alexnet.bench COMMAND``.
+"""``python -m alexnet.bench data``: images/s of the loaders, ImageFolder and the encodings.
 
-``data`` measures the images/s of each training loader path on a prepared data set, beside
-torchvision's ImageFolder + PIL pipeline on the original JPEG tree, and compares reading the
-packed JPEG and raw encodings. Each figure is printed with the hardware it was measured on.
-
-To add a subcommand, write ``add_X_arguments(parser)`` and ``run_X(args) -> int`` and put a
-``Command`` for them in ``COMMANDS``.
+Measures each training loader path on a prepared data set, beside torchvision's ImageFolder +
+PIL pipeline on the original JPEG tree, and compares reading the packed JPEG and raw encodings.
+Each figure is printed with the hardware it was measured on.
 """
 
 from __future__ import annotations
@@ -13,45 +10,24 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from alexnet import packed, speed
+from alexnet import atomic
+from alexnet.bench.common import hardware
 from alexnet.config import AugmentConfig, DataConfig
-from alexnet.data import TrainLoader
-from alexnet.errors import UserError, report_user_errors
+from alexnet.data import packed
+from alexnet.data.loaders import TrainLoader
+from alexnet.errors import UserError
+from alexnet.runtime import available_cpus
 
 WARMUP = 3  # batches fetched before timing starts (worker start-up, first touches of memory)
-
-
-def _cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def hardware() -> str:
-    """One line naming the CPUs, the torch versions and the GPU."""
-    import torchvision
-
-    cpus = _cpus()
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                         model)  # fmt: skip
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"{cpus} CPUs ({model}), torch {torch.__version__}, "
-            f"torchvision {torchvision.__version__}, GPU: {gpu}")  # fmt: skip
 
 
 def _rate(batches: Iterator, steps: int, label: str, sync: Callable[[], None]) -> float:
@@ -74,13 +50,21 @@ def loader_rate(root: Path, split: str, loader: str, workers: int, batch: int, s
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = DataConfig(root=root, loader=loader, workers=workers)
-    tl = TrainLoader(packed.PackedSplit(root, split), packed.load_stats(root), cfg,
-                     AugmentConfig(), 224, batch, device, seed=0,
-                     steps_per_epoch=WARMUP + steps)  # fmt: skip
+    tl = TrainLoader(
+        packed.PackedSplit(root, split),
+        packed.load_stats(root),
+        data=cfg,
+        augment=AugmentConfig(),
+        input_size=224,
+        batch_size=batch,
+        device=device,
+        seed=0,
+        steps_per_epoch=WARMUP + steps,
+    )
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     threads = torch.get_num_threads()
     if device == "cpu":
-        torch.set_num_threads(max(1, _cpus() - workers))
+        torch.set_num_threads(max(1, available_cpus() - workers))
     try:
         return _rate(tl.epoch(0), steps, f"{loader} loader", sync)
     finally:
@@ -92,18 +76,30 @@ def imagefolder_rate(raw: Path, workers: int, batch: int, steps: int) -> float:
     """Images/s of torchvision's classic pipeline on the original JPEGs, same augmentation."""
     from torchvision import datasets, transforms
 
-    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(256),
-                             transforms.RandomCrop(224), transforms.RandomHorizontalFlip(),
-                             transforms.PILToTensor()])  # fmt: skip
+    tf = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(256),
+            transforms.RandomCrop(224),
+            transforms.RandomHorizontalFlip(),
+            transforms.PILToTensor(),
+        ]
+    )
     try:
         folder = datasets.ImageFolder(str(raw), transform=tf)
     except (FileNotFoundError, OSError) as err:
         raise UserError(f"--raw {raw}: not a <class>/<image> folder tree ({err})") from None
     if len(folder) < batch:
         raise UserError(f"--raw {raw} has {len(folder)} images, fewer than one batch of {batch}")
-    loader = torch.utils.data.DataLoader(folder, batch, shuffle=True, num_workers=workers,
-                                         drop_last=True, pin_memory=torch.cuda.is_available(),
-                                         persistent_workers=workers > 0)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        folder,
+        batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+    )
     forever = itertools.chain.from_iterable(itertools.repeat(loader))
     return _rate(forever, steps, "ImageFolder", lambda: None)
 
@@ -114,8 +110,9 @@ def warm_cache(paths: list[Path], label: str) -> str:
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
     if total > ram // 2:
         return f"{label}: {total / 2**30:.1f} GiB, over half the RAM: not pre-read (disk speed)"
-    with tqdm(total=total, desc=f"reading {label}", unit="B", unit_scale=True, disable=None,
-              leave=False) as bar:  # fmt: skip
+    with tqdm(
+        total=total, desc=f"reading {label}", unit="B", unit_scale=True, disable=None, leave=False
+    ) as bar:
         for path in paths:
             with open(path, "rb") as f:
                 while chunk := f.read(1 << 24):
@@ -123,8 +120,9 @@ def warm_cache(paths: list[Path], label: str) -> str:
     return f"{label}: {total / 2**20:.0f} MiB pre-read into the page cache"
 
 
-def write_sample(src: packed.PackedSplit, indices: Iterable[int], dest: Path,
-                 encoding: str) -> packed.PackedSplit:  # fmt: skip
+def write_sample(
+    src: packed.PackedSplit, indices: Iterable[int], dest: Path, encoding: str
+) -> packed.PackedSplit:
     """Copy records of ``src`` into a one-shard prepared folder ``dest``, in ``encoding``."""
     from torchvision.io import encode_jpeg
 
@@ -143,9 +141,15 @@ def write_sample(src: packed.PackedSplit, indices: Iterable[int], dest: Path,
             offset += data.numel()
     np.save(dest / "train" / "index.npy", np.array(rows, dtype=np.int64))
     splits = {"train": {"count": len(rows), "shards": ["train/000.bin"]}}
-    meta = {"format": packed.FORMAT, "version": packed.VERSION, "encoding": encoding,
-            "image_size": src.image_size, "classes": src.classes, "splits": splits}  # fmt: skip
-    packed.write_json_atomic(dest / "meta.json", meta)
+    meta = {
+        "format": packed.FORMAT,
+        "version": packed.VERSION,
+        "encoding": encoding,
+        "image_size": src.image_size,
+        "classes": src.classes,
+        "splits": splits,
+    }
+    atomic.write_json(dest / "meta.json", meta)
     return packed.PackedSplit(dest, "train")
 
 
@@ -172,40 +176,72 @@ def format_rates(src: packed.PackedSplit, count: int) -> list[tuple[str, float, 
     return out
 
 
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="a folder written by alexnet.prepare")
     p.add_argument("--split", default="train", help="split to read (default: train)")
     p.add_argument("--raw", type=Path, help="original JPEG tree (<class>/<image>) for ImageFolder")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="loader worker processes (default: min(8, CPUs))")  # fmt: skip
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="loader worker processes (default: min(8, CPUs))",
+    )
     p.add_argument("--batch-size", type=int, default=128, help="images per batch (default: 128)")
-    p.add_argument("--steps", type=int, default=50,
-                   help=f"timed batches per pipeline after {WARMUP} warm-up (default: 50)")
-    p.add_argument("--format-images", type=int, default=500,
-                   help="records copied for the encoding comparison (default: 500)")  # fmt: skip
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=50,
+        help=f"timed batches per pipeline after {WARMUP} warm-up (default: 50)",
+    )
+    p.add_argument(
+        "--format-images",
+        type=int,
+        default=500,
+        help="records copied for the encoding comparison (default: 500)",
+    )
 
 
-def run_data(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.workers < 0 or args.batch_size < 1 or args.steps < 1 or args.format_images < 1:
         raise UserError("--workers must be >= 0; --batch-size, --steps, --format-images >= 1")
     split = packed.PackedSplit(args.data, args.split)
     print(f"hardware: {hardware()}")
-    print(f"data: {args.data} ({split.split}: {len(split)} images, {split.encoding}); batch "
-          f"{args.batch_size}, {args.steps} timed steps after {WARMUP} warm-up")  # fmt: skip
+    print(
+        f"data: {args.data} ({split.split}: {len(split)} images, {split.encoding}); batch "
+        f"{args.batch_size}, {args.steps} timed steps after {WARMUP} warm-up"
+    )
     print(warm_cache(split.shard_paths, "packed shards"))
     if args.raw is not None:
         files = [p for p in Path(args.raw).rglob("*") if p.is_file()]
         print(warm_cache(files, "ImageFolder tree"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     timed = (args.batch_size, args.steps)
-    rows = [("packed, cpu loader", args.workers, device,
-             loader_rate(args.data, args.split, "cpu", args.workers, *timed))]  # fmt: skip
+    rows = [
+        (
+            "packed, cpu loader",
+            args.workers,
+            device,
+            loader_rate(args.data, args.split, "cpu", args.workers, *timed),
+        )
+    ]
     if device == "cuda":
-        rows.append(("packed, gpu loader (batched nvJPEG)", 0, device,
-                     loader_rate(args.data, args.split, "gpu", 0, *timed)))  # fmt: skip
+        rows.append(
+            (
+                "packed, gpu loader (batched nvJPEG)",
+                0,
+                device,
+                loader_rate(args.data, args.split, "gpu", 0, *timed),
+            )
+        )
     if args.raw is not None:
-        rows.append(("ImageFolder + PIL (original JPEGs)", args.workers, "cpu",
-                     imagefolder_rate(args.raw, args.workers, *timed)))  # fmt: skip
+        rows.append(
+            (
+                "ImageFolder + PIL (original JPEGs)",
+                args.workers,
+                "cpu",
+                imagefolder_rate(args.raw, args.workers, *timed),
+            )
+        )
     print(f"{'pipeline':<38} {'workers':>7} {'output on':>9} {'images/s':>10}")
     for name, workers, where, rate in rows:
         print(f"{name:<38} {workers:>7} {where:>9} {rate:>10.1f}")
@@ -215,42 +251,3 @@ def run_data(args: argparse.Namespace) -> int:
     for encoding, seq, rnd, kib in format_rates(split, args.format_images):
         print(f"{encoding:<10} {seq:>17.1f} {rnd:>13.1f} {kib:>10.1f}")
     return 0
-
-
-@dataclass(frozen=True)
-class Command:
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-
-
-COMMANDS: dict[str, Command] = {
-    "data": Command("images/s of the loaders, ImageFolder and the packed encodings",
-                    add_data_arguments, run_data),  # fmt: skip
-    "train": Command("images/s of the training step, synthetic and real input",
-                     speed.add_train_arguments, speed.run_train),  # fmt: skip
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m alexnet.bench",
-        description="Measure throughput on this machine; figures are printed with the hardware.",
-        epilog="examples:\n"
-        "  python -m alexnet.bench data --data data/ilsvrc2012 --raw /imagenet/train\n"
-        "  python -m alexnet.bench data --data data/smoke --workers 0 --batch-size 16 --steps 5",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, command in COMMANDS.items():
-        command.add_arguments(sub.add_parser(name, help=command.help, description=command.help))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return report_user_errors(lambda: COMMANDS[args.command].run(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -30,9 +30,11 @@ from alexnet.errors import UserError
 VAL_FOLDERS = ("val", "validation", "test")  # first existing wins; test/ only with class folders
 WNID = re.compile(r"n\d{8}")
 LABEL_FILE_PATTERNS = (  # searched in this order when --val-labels is not given
-    "*validation_ground_truth*.txt", "LOC_val_solution*.csv", "val.txt",
+    "*validation_ground_truth*.txt",
+    "LOC_val_solution*.csv",
+    "val.txt",
     "imagenet_2012_validation_synset_labels.txt",
-)  # fmt: skip
+)
 ID_MAP_PATTERNS = ("map_clsloc*.txt", "*id_wnid*.txt")
 CLASS_LIST_PATTERNS = ("synset_words.txt", "LOC_synset_mapping.txt")
 

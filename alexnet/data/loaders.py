@@ -1,6 +1,7 @@
-"""Training and evaluation batches from a prepared data set (``alexnet.packed``).
+"""Training and evaluation batches from a prepared data set (``alexnet.data.packed``).
 
-Batching is a pure function of (seed, epoch, step), whatever the number of processes:
+Batching is a pure function of (seed, epoch, step), whatever the number of processes
+(``plan.py``):
 
 - the epoch's order is ``torch.randperm`` from a generator seeded by (seed, epoch);
 - global step t is ``order[t*B:(t+1)*B]`` (the last partial batch is dropped), and its
@@ -13,7 +14,7 @@ Two ways to make a batch (``data.loader``), with identical results for the same 
 
 - ``cpu``: DataLoader worker processes decode the JPEGs one by one and cut the uint8 crops;
   the main process copies them to the device (pinned, non-blocking) and finishes them there
-  (mean, lighting) with ``alexnet.transforms.finish``.
+  (mean, lighting) with ``alexnet.data.transforms.finish``.
 - ``gpu``: the main process reads a step's encoded bytes (a thread reads ahead) and decodes
   them in ONE batched ``torchvision.io.decode_jpeg(..., device=device)`` call, then crops and
   finishes on the device. With ``device="cpu"`` the same code decodes on the CPU.
@@ -29,74 +30,19 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from alexnet import paper
-from alexnet import transforms as T
 from alexnet.config import AugmentConfig, DataConfig
+from alexnet.data import transforms as T
+from alexnet.data.packed import PackedSplit, Stats
+from alexnet.data.plan import Timing, TrainPlan
 from alexnet.errors import UserError
-from alexnet.packed import PackedSplit, Stats
+from alexnet.runtime import loader_workers
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (float images on the device, int64 labels)
-_ORDER, _AUGMENT = 0, 1  # generator stream tags: the epoch order, a step's augmentation
 READ_AHEAD = 3  # steps of encoded bytes the gpu path reads ahead in its thread
-
-
-def generator(*parts: int) -> torch.Generator:
-    """A CPU generator seeded from integers, mixed by numpy's SeedSequence (stable, 64-bit)."""
-    seed = np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(seed))
-
-
-class Timing:
-    """Images delivered and seconds the consumer spent waiting for them.
-
-    The wait is host time inside the loader's ``next``: fetching, and for the gpu path the
-    decode; finishing kernels queued on a GPU run asynchronously and are not counted.
-    """
-
-    def __init__(self) -> None:
-        self.images, self.wait_s, self.start = 0, 0.0, time.perf_counter()
-
-    def pop(self) -> dict[str, float]:
-        """``images``, ``wait_s`` and ``elapsed_s`` since the last ``pop``; then start again."""
-        now = time.perf_counter()
-        out = {"images": self.images, "wait_s": self.wait_s, "elapsed_s": now - self.start}
-        self.images, self.wait_s, self.start = 0, 0.0, now
-        return out
-
-
-class TrainPlan:
-    """Which images and which augmentation a rank gets at each step (picklable, no I/O)."""
-
-    def __init__(self, num_images: int, batch_size: int, steps: int, seed: int,
-                 rank: int, world_size: int, draw: dict[str, Any]) -> None:  # fmt: skip
-        self.num_images, self.batch_size, self.steps = num_images, batch_size, steps
-        self.seed = seed
-        self.lo, self.hi = rank * batch_size // world_size, (rank + 1) * batch_size // world_size
-        self.draw = draw  # keyword arguments of transforms.draw_params
-        self._order: tuple[int, torch.Tensor] | None = None
-
-    def order(self, epoch: int) -> torch.Tensor:
-        """The epoch's order: a permutation, continued by further ones if steps need more."""
-        if self._order is None or self._order[0] != epoch:
-            need, n = self.steps * self.batch_size, self.num_images
-            perms = [torch.randperm(n, generator=generator(self.seed, _ORDER, epoch, k))
-                     for k in range(-(-need // n))]  # fmt: skip
-            self._order = (epoch, torch.cat(perms)[:need])
-        return self._order[1]
-
-    def indices(self, epoch: int, step: int) -> torch.Tensor:
-        """This rank's image indices at global ``step``."""
-        start = step * self.batch_size
-        return self.order(epoch)[start + self.lo : start + self.hi]
-
-    def params(self, epoch: int, step: int) -> T.AugmentParams:
-        """This rank's rows of the step's augmentation (drawn for the whole global batch)."""
-        gen = generator(self.seed, _AUGMENT, epoch, step)
-        return T.draw_params(gen, self.batch_size, **self.draw).slice(self.lo, self.hi)
 
 
 class _Keys(Sampler):
@@ -139,8 +85,14 @@ class _EvalBatches(Dataset):
 class _Loader:
     """What both loaders share: the worker DataLoader, byte reading, batched decode, timing."""
 
-    def __init__(self, split: PackedSplit, data_cfg: DataConfig, device: torch.device | str,
-                 rank: int, world_size: int) -> None:  # fmt: skip
+    def __init__(
+        self,
+        split: PackedSplit,
+        data_cfg: DataConfig,
+        device: torch.device | str,
+        rank: int,
+        world_size: int,
+    ) -> None:
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} is outside a world of {world_size} processes")
         self.split, self.cfg, self.device = split, data_cfg, torch.device(device)
@@ -162,14 +114,19 @@ class _Loader:
         """The dataset's items for ``keys`` from worker processes (started once, persistent)."""
         self._keys.keys = keys
         if self._loader is None:
-            workers, cuda = self.cfg.workers, self.device.type == "cuda"
-            self._loader = DataLoader(self._dataset, batch_size=None, sampler=self._keys,
-                                      num_workers=workers, pin_memory=cuda,
-                                      persistent_workers=workers > 0,
-                                      prefetch_factor=4 if workers > 0 else None,
-                                      # a private generator: iter() must not draw from the
-                                      # global RNG, or a resumed run's dropout masks shift
-                                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+            workers, cuda = loader_workers(self.cfg.workers), self.device.type == "cuda"
+            self._loader = DataLoader(
+                self._dataset,
+                batch_size=None,
+                sampler=self._keys,
+                num_workers=workers,
+                pin_memory=cuda,
+                persistent_workers=workers > 0,
+                prefetch_factor=4 if workers > 0 else None,
+                # a private generator: iter() must not draw from the
+                # global RNG, or a resumed run's dropout masks shift
+                generator=torch.Generator().manual_seed(0),
+            )
         return iter(self._loader)
 
     def _read(self, idx: list[int]) -> tuple[list[torch.Tensor] | torch.Tensor, torch.Tensor]:
@@ -234,31 +191,59 @@ class TrainLoader(_Loader):
 
     Args:
         stats: the data set's statistics (mean image, RGB eigenvectors); None only if unused.
+        data, augment: the config sections (loader kind, workers, normalisation; §4.1 options).
+        input_size: side of the network input (224, or 227 for Caffe's geometry).
         batch_size: the global batch; each of ``world_size`` ranks gets batch_size / world_size.
+        seed: with the epoch and step, fixes every batch's images and augmentation.
         steps_per_epoch: None = every full batch of one permutation; more continues into the
             next permutations.
     """
 
-    def __init__(self, split: PackedSplit, stats: Stats | None, data_cfg: DataConfig,
-                 augment_cfg: AugmentConfig, input_size: int, batch_size: int,
-                 device: torch.device | str, seed: int, rank: int = 0, world_size: int = 1,
-                 steps_per_epoch: int | None = None) -> None:  # fmt: skip
-        super().__init__(split, data_cfg, device, rank, world_size)
+    def __init__(
+        self,
+        split: PackedSplit,
+        stats: Stats | None,
+        *,
+        data: DataConfig,
+        augment: AugmentConfig,
+        input_size: int,
+        batch_size: int,
+        device: torch.device | str,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        steps_per_epoch: int | None = None,
+    ) -> None:
+        super().__init__(split, data, device, rank, world_size)
         if batch_size % world_size:
-            raise UserError(f"batch size {batch_size} does not divide over {world_size} "
-                            "processes; pick a multiple")  # fmt: skip
+            raise UserError(
+                f"batch size {batch_size} does not divide over {world_size} "
+                "processes; pick a multiple"
+            )
         if len(split) < batch_size:
-            raise UserError(f"{split.root}/{split.split} has {len(split)} images, fewer than "
-                            f"one batch of {batch_size}")  # fmt: skip
-        aug = augment_cfg
-        draw = dict(image_size=split.image_size, size=input_size, random_crop=aug.random_crop,
-                    flip=aug.flip, alpha_std=aug.lighting_alpha_std)  # fmt: skip
+            raise UserError(
+                f"{split.root}/{split.split} has {len(split)} images, fewer than "
+                f"one batch of {batch_size}"
+            )
+        aug = augment
+        draw = dict(
+            image_size=split.image_size,
+            size=input_size,
+            random_crop=aug.random_crop,
+            flip=aug.flip,
+            alpha_std=aug.lighting_alpha_std,
+        )
         steps = steps_per_epoch or len(split) // batch_size
         self.size = input_size
         self.plan = TrainPlan(len(split), batch_size, steps, seed, rank, world_size, draw)
-        self.norm = T.build_normalizer(stats, data_cfg.normalize, input_size, self.device,
-                                       lighting=aug.lighting,
-                                       lighting_constants=aug.lighting_constants)  # fmt: skip
+        self.norm = T.build_normalizer(
+            stats,
+            data.normalize,
+            input_size,
+            self.device,
+            lighting=aug.lighting,
+            lighting_constants=aug.lighting_constants,
+        )
         self._dataset = _TrainSteps(split, self.plan, input_size)
 
     def steps(self, epoch: int = 0) -> int:
@@ -300,11 +285,20 @@ class EvalLoader(_Loader):
     ``TenCrop`` order); the mean image is subtracted at each view's position; no lighting.
     """
 
-    def __init__(self, split: PackedSplit, stats: Stats | None, data_cfg: DataConfig,
-                 input_size: int, batch_size: int, device: torch.device | str,
-                 views: int = paper.TEST_VIEWS,
-                 rank: int = 0, world_size: int = 1) -> None:  # fmt: skip
-        super().__init__(split, data_cfg, device, rank, world_size)
+    def __init__(
+        self,
+        split: PackedSplit,
+        stats: Stats | None,
+        *,
+        data: DataConfig,
+        input_size: int,
+        batch_size: int,
+        device: torch.device | str,
+        views: int = paper.TEST_VIEWS,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        super().__init__(split, data, device, rank, world_size)
         if batch_size < 1:
             raise UserError(f"evaluation batch size must be >= 1, got {batch_size}")
         n = len(split)
@@ -312,7 +306,7 @@ class EvalLoader(_Loader):
         self.batches = [range(i, min(i + batch_size, hi)) for i in range(lo, hi, batch_size)]
         self.num_images, self.size, self.views = hi - lo, input_size, views
         self.positions = T.view_positions(split.image_size, split.image_size, input_size, views)
-        self.norm = T.build_normalizer(stats, data_cfg.normalize, input_size, self.device)
+        self.norm = T.build_normalizer(stats, data.normalize, input_size, self.device)
         self._dataset = _EvalBatches(split, self.batches)
 
     def __len__(self) -> int:

@@ -19,7 +19,6 @@ folder without it is an unfinished preparation, never mistaken for a complete on
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from alexnet import atomic
 from alexnet.errors import UserError
 
 FORMAT = "alexnet-packed"
@@ -55,9 +55,14 @@ def eig_descending(cov: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def save_stats(root: Path, mean: np.ndarray, cov: np.ndarray, pixels: int) -> Stats:
     eigval, eigvec = eig_descending(cov)
     stats = Stats(mean=mean, cov=cov, eigval=eigval, eigvec=eigvec, pixels=pixels)
-    tmp = root / "stats.tmp.npz"
-    np.savez(tmp, mean=mean, cov=cov, eigval=eigval, eigvec=eigvec, pixels=np.int64(pixels))
-    os.replace(tmp, root / "stats.npz")
+    atomic.save_npz(
+        root / "stats.npz",
+        mean=mean,
+        cov=cov,
+        eigval=eigval,
+        eigvec=eigvec,
+        pixels=np.int64(pixels),
+    )
     return stats
 
 
@@ -67,15 +72,6 @@ def load_stats(root: str | Path) -> Stats:
         raise UserError(f"{path} is missing: prepare the data set with `python -m alexnet.prepare`")
     with np.load(path) as z:
         return Stats(z["mean"], z["cov"], z["eigval"], z["eigvec"], int(z["pixels"]))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_meta(root: str | Path) -> dict[str, Any]:
@@ -94,7 +90,9 @@ def read_meta(root: str | Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise UserError(f"{path} is unreadable: {err}") from None
     if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise UserError(f"{path}: not an {FORMAT} v{VERSION} data set (found {meta.get('format')!r})")
+        raise UserError(
+            f"{path}: not an {FORMAT} v{VERSION} data set (found {meta.get('format')!r})"
+        )
     return meta
 
 
@@ -117,7 +115,9 @@ class PackedSplit:
         self.shard_paths = [self.root / s for s in meta["splits"][split]["shards"]]
         self.index = np.load(self.root / split / "index.npy")
         if self.index.shape != (meta["splits"][split]["count"], INDEX_COLUMNS):
-            raise UserError(f"{self.root / split / 'index.npy'} does not match meta.json; re-run prepare")
+            raise UserError(
+                f"{self.root / split / 'index.npy'} does not match meta.json; re-run prepare"
+            )
         self.labels = torch.from_numpy(self.index[:, 3].copy())
         self._maps: dict[int, np.memmap] = {}  # shard number -> mapping, opened on first use
 

@@ -18,15 +18,14 @@ import torch
 from torch import Tensor, nn
 
 from alexnet.config import ModelConfig
-from alexnet.model import (
+from alexnet.model.layers import PaperDropout, draw_dropout_mask
+from alexnet.model.network import (
     AlexNet,
-    PaperDropout,
     build_activation,
     build_conv1_padding,
     build_lrn,
     build_model,
     build_pool,
-    draw_dropout_mask,
 )
 
 # Layers split in half along their outputs (kernels / neurons), one half per tower. For the
@@ -71,9 +70,12 @@ def _half(layer: nn.Module) -> nn.Module:
     """One tower's share of a canonical layer: half its outputs, the inputs one group sees."""
     if isinstance(layer, nn.Conv2d):
         return nn.Conv2d(
-            layer.in_channels // layer.groups, layer.out_channels // 2, layer.kernel_size,
-            stride=layer.stride, padding=layer.padding,
-        )  # fmt: skip
+            layer.in_channels // layer.groups,
+            layer.out_channels // 2,
+            layer.kernel_size,
+            stride=layer.stride,
+            padding=layer.padding,
+        )
     return nn.Linear(layer.in_features, layer.out_features // 2)
 
 
@@ -89,9 +91,11 @@ class TwoDeviceAlexNet(nn.Module):
     """
 
     def __init__(
-        self, cfg: Any, devices: Sequence[str | torch.device],
+        self,
+        cfg: Any,
+        devices: Sequence[str | torch.device],
         state_dict: Mapping[str, Tensor] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         cfg = getattr(cfg, "model", cfg)
         if cfg.arch != "two_tower":
@@ -123,9 +127,7 @@ class TwoDeviceAlexNet(nn.Module):
         self.load_canonical_state_dict(weights)
 
     @classmethod
-    def from_model(
-        cls, model: AlexNet, devices: Sequence[str | torch.device]
-    ) -> TwoDeviceAlexNet:
+    def from_model(cls, model: AlexNet, devices: Sequence[str | torch.device]) -> TwoDeviceAlexNet:
         """The two-device form of a single-device ``AlexNet`` (same config and weights)."""
         return cls(model.cfg, devices, state_dict=model.state_dict())
 

@@ -1,0 +1,46 @@
+"""``python -m alexnet.bench COMMAND``: measure throughput on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from alexnet.errors import report_user_errors
+
+# command: (module in alexnet.bench, one-line help)
+COMMANDS = {
+    "data": ("data", "images/s of the loaders, ImageFolder and the packed encodings"),
+    "train": ("train", "images/s of the training step, synthetic and real input"),
+}
+
+EPILOG = """examples:
+  python -m alexnet.bench train
+  python -m alexnet.bench train --set runtime.dtype=bfloat16 --set train.batch_size=512
+  python -m alexnet.bench data --data data/ilsvrc2012 --raw /imagenet/train
+  python -m alexnet.bench data --data data/smoke --workers 0 --batch-size 16 --steps 5
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m alexnet.bench",
+        description="Measure throughput on this machine; figures are printed with the hardware.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, summary) in COMMANDS.items():
+        command = sub.add_parser(name, help=summary, description=summary)
+        importlib.import_module(f"alexnet.bench.{module}").add_arguments(command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(f"alexnet.bench.{COMMANDS[args.command][0]}")
+    return report_user_errors(lambda: module.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Prepare a raw image tree once: 256x256 images packed into shards (format: ``packed.py``).
+
+Each image is decoded by its content (CMYK, grayscale, palette, RGBA and PNG files named .JPEG all
+become RGB), its shorter side is resized to 256 (PIL bicubic, antialiased when shrinking), and the
+central 256x256 patch is kept (paper §2). It is stored as JPEG quality 95 with 4:4:4 chroma, or raw.
+Unreadable files are skipped and listed in report.json, never fatal.
+
+Work is cut into units (``units.py``); re-running the same preparation resumes, skipping finished
+units. ``meta.json`` is written last, so an unfinished folder is never taken for a prepared one.
+The command line is ``python -m alexnet.prepare`` (``alexnet/prepare.py``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from alexnet import atomic, paper
+from alexnet.data import packed
+from alexnet.data.sources import Plan
+from alexnet.data.units import UNIT_FILE, Settings, Unit, make_units, read_unit, run_unit
+from alexnet.errors import UserError
+
+
+def prepare(
+    plan: Plan,
+    out: Path,
+    settings: Settings | None = None,
+    workers: int = 1,
+    unit_size: int = 2000,
+    expect_imagenet: bool = False,
+) -> dict[str, Any]:
+    """Write the packed data set for ``plan`` into ``out``, resuming finished units.
+
+    Returns:
+        The report (also written to ``out/report.json``).
+    """
+    settings = settings or Settings()
+    _check_out(out, plan.root)
+    if not plan.count("train"):
+        raise UserError(f"{plan.root / 'train'} has class folders but no files in them")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "meta.json").unlink(missing_ok=True)  # unfinished from here until finalize
+    units = make_units(plan, unit_size)
+    for split in {unit.split for unit in units}:
+        (out / split).mkdir(exist_ok=True)
+    todo = [unit for unit in units if read_unit(out, unit, settings) is None]
+    if len(todo) < len(units):
+        print(f"resuming: {len(units) - len(todo)} of {len(units)} units are already done")
+    jobs = [(plan.root, out, u, settings) for u in sorted(todo, key=lambda u: -len(u.items))]
+    total = sum(len(u.items) for u in todo)
+    with tqdm(total=total, unit="img", desc="prepare", disable=None) as bar:
+        if workers <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                bar.update(run_unit(job))
+        else:
+            with multiprocessing.Pool(min(workers, len(jobs))) as pool:
+                for done in pool.imap_unordered(run_unit, jobs):
+                    bar.update(done)
+    return finalize(out, plan, units, settings, expect_imagenet)
+
+
+def _check_out(out: Path, root: Path) -> None:
+    inside = [root.resolve()] + [root.resolve() / d for d in ("train", "val", "validation", "test")]
+    if out.resolve() in inside or any(d in out.resolve().parents for d in inside[1:]):
+        raise UserError(f"output folder {out} would mix with the source images: choose another")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} is a file: give a folder")
+    if (out / "meta.json").exists():
+        packed.read_meta(out)  # refuses to touch a folder that is not one of ours
+    elif out.is_dir() and any(out.iterdir()) and not (out / "train").is_dir():
+        raise UserError(f"{out} is not empty and is not a prepared data set: choose a new folder")
+
+
+def finalize(
+    out: Path, plan: Plan, units: list[Unit], settings: Settings, expect_imagenet: bool = False
+) -> dict[str, Any]:
+    """Write index.npy per split, stats.npz, report.json and, last, meta.json."""
+    s = settings.size
+    report: dict[str, Any] = {"source": str(plan.root), "val_labels": plan.val_source}
+    report.update(counts={}, count_check={}, converted=[], skipped=[], warnings=[])
+    report.update(missing_classes={}, unknown_class_files=plan.unknown)
+    report["not_regular_files"] = plan.irregular
+    splits: dict[str, Any] = {}
+    mean_sum, rgb_sum, outer, pixels = np.zeros((3, s, s)), np.zeros(3), np.zeros((3, 3)), 0
+    for split in [x for x in ("train", "val") if x in plan.missing]:
+        rows, shards, skipped = [], [], 0
+        for unit in [u for u in units if u.split == split]:
+            rec = read_unit(out, unit, settings, full=True)
+            if rec is None:
+                raise RuntimeError(f"unit {unit.stem} is incomplete after preparation")
+            report["converted"] += rec["converted"]
+            report["skipped"] += rec["skipped"]
+            report["warnings"] += rec["warnings"]
+            skipped += len(rec["skipped"])
+            n = len(rec["length"])
+            if n:
+                offsets = np.cumsum(rec["length"]) - rec["length"]
+                shard = np.full(n, len(shards))
+                rows.append(np.stack([shard, offsets, rec["length"], rec["label"]], 1))
+                shards.append(f"{unit.stem}.bin")
+            if split == "train" and n:
+                mean_sum += rec["pixel_sum"]
+                rgb_sum, outer = rgb_sum + rec["rgb_sum"], outer + rec["outer_sum"]
+                pixels += int(rec["pixel_count"])
+        index = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 4), np.int64)
+        if plan.count(split):
+            atomic.save_npy(out / split / "index.npy", index)
+            splits[split] = {"count": len(index), "shards": shards}
+        present = set(index[:, 3].tolist())
+        missing = [c for i, c in enumerate(plan.classes) if i not in present]
+        report["missing_classes"][split] = missing
+        report["counts"][split] = len(index)
+        planned = plan.count(split)
+        check = {"planned": planned, "stored": len(index), "skipped": skipped}
+        report["count_check"][split] = {**check, "ok": planned == len(index) + skipped}
+    if not pixels:
+        raise UserError(f"none of the training images in {plan.root / 'train'} could be decoded")
+    cov = (outer - np.outer(rgb_sum, rgb_sum) / pixels) / (pixels - 1)  # as np.cov (ddof=1)
+    stats = packed.save_stats(out, mean_sum / (pixels // (s * s)), cov, pixels)
+    report["stats"] = {"mean_rgb": stats.mean.mean((1, 2)).tolist()}
+    report["stats"]["eigval"] = stats.eigval.tolist()
+    report["imagenet_check"] = imagenet_problems(plan.classes, report) if expect_imagenet else None
+    _remove_stale(out, units)
+    atomic.write_json(out / "report.json", report)
+    meta = {"format": packed.FORMAT, "version": packed.VERSION, "encoding": settings.encoding}
+    meta.update(image_size=s, classes=plan.classes, splits=splits)
+    meta["jpeg_quality"] = settings.quality if settings.encoding == "jpeg" else None
+    atomic.write_json(out / "meta.json", meta)
+    return report
+
+
+def _remove_stale(out: Path, units: list[Unit]) -> None:
+    """Delete leftover temporary files and units that the current plan does not have."""
+    keep = {f"{u.stem}{ext}" for u in units for ext in (".bin", ".npz")}
+    for split in ("train", "val"):
+        for path in (out / split).glob("*") if (out / split).is_dir() else []:
+            rel = f"{split}/{path.name}"
+            if path.name.endswith(".tmp") or (UNIT_FILE.fullmatch(path.name) and rel not in keep):
+                path.unlink()
+
+
+def imagenet_problems(classes: list[str], report: dict[str, Any]) -> list[str]:
+    """What differs from the ILSVRC-2012 release (1000 classes, 1,281,167 + 50,000 images)."""
+    problems = []
+    if len(classes) != paper.NUM_CLASSES:
+        problems.append(f"{len(classes)} classes, expected {paper.NUM_CLASSES}")
+    want = {"train": paper.ILSVRC2012_TRAIN_IMAGES, "val": paper.ILSVRC2012_VAL_IMAGES}
+    for split, expected in want.items():
+        have = report["counts"].get(split, 0)
+        if have != expected:
+            problems.append(f"{split}: {have:,} images, expected {expected:,}")
+        missing = report["missing_classes"].get(split, classes)
+        if missing:
+            shown = ", ".join(missing[:10]) + (" ..." if len(missing) > 10 else "")
+            problems.append(f"{split}: {len(missing)} classes have no images: {shown}")
+    return problems

@@ -1,0 +1,76 @@
+"""The paper's two special layers: local response normalisation (§3.3) and dropout (§4.2)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from alexnet import paper
+
+
+class PaperLRN(nn.Module):
+    """Local response normalisation across channels (§3.3), run separately in each channel group.
+
+    ``b_i = a_i / (k + alpha * S_i)^beta`` with ``S_i`` the sum of ``a_j^2`` over channels ``j`` in
+    ``max(0, i - n//2) .. min(N - 1, i + n//2)`` of the same group. ``alpha_semantics="raw_sum"``
+    is the paper's formula; ``"divided_by_n"`` uses ``alpha / n`` like torch, Caffe and
+    cuda-convnet. ``groups=2`` keeps each tower's 48 / 128 maps to itself, as on two GPUs.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        alpha: float,
+        beta: float,
+        k: float,
+        alpha_semantics: str = "raw_sum",
+        groups: int = 1,
+    ) -> None:
+        super().__init__()
+        if alpha_semantics not in ("raw_sum", "divided_by_n"):
+            raise ValueError(f"alpha_semantics: raw_sum or divided_by_n, got {alpha_semantics!r}")
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+        self.alpha_semantics, self.groups = alpha_semantics, groups
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        alpha = self.alpha * self.size if self.alpha_semantics == "raw_sum" else self.alpha
+        grouped = x.reshape(n * self.groups, c // self.groups, h, w)  # groups normalise apart
+        y = F.local_response_norm(grouped, self.size, alpha, self.beta, self.k)  # torch: alpha/n
+        return y.reshape(n, c, h, w)
+
+    def extra_repr(self) -> str:
+        return (
+            f"size={self.size}, alpha={self.alpha} ({self.alpha_semantics}), "
+            f"beta={self.beta}, k={self.k}, groups={self.groups}"
+        )
+
+
+def draw_dropout_mask(shape: tuple[int, ...], p: float, like: Tensor) -> Tensor:
+    """A Bernoulli(1 - p) keep-mask of ``shape``, drawn on ``like``'s device and generator."""
+    return like.new_empty(shape).bernoulli_(1 - p)  # as torch.empty_like(x).bernoulli_(1 - p)
+
+
+class PaperDropout(nn.Module):
+    """Dropout (§4.2). ``style="paper"``: training multiplies by the keep-mask, no rescaling, and
+    evaluation multiplies by ``1 - p``. ``"inverted"``: training ``x * (mask / (1 - p))`` and
+    evaluation is the identity: ``F.dropout``'s computation, with a mask the towers can share.
+    """
+
+    def __init__(self, p: float = paper.DROPOUT_P, style: str = "paper") -> None:
+        super().__init__()
+        if style not in ("paper", "inverted"):
+            raise ValueError(f"dropout style must be paper or inverted, got {style!r}")
+        self.p, self.style = p, style
+
+    def apply_mask(self, x: Tensor, mask: Tensor) -> Tensor:
+        """The training-mode output for a given keep-mask."""
+        return x * mask if self.style == "paper" else x * (mask / (1 - self.p))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and self.p > 0:
+            return self.apply_mask(x, draw_dropout_mask(x.shape, self.p, x))
+        return x * (1 - self.p) if self.style == "paper" else x
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, style={self.style}"

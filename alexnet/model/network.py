@@ -1,0 +1,147 @@
+"""AlexNet (Krizhevsky, Sutskever & Hinton, NIPS 2012) as one module with named layers.
+
+The paper's two towers (§3.2) run on one device as grouped convolutions: ``groups=2`` in conv2,
+conv4 and conv5, which see only their own tower's maps, while conv3 and the fully connected layers
+see both (``towers.py`` runs the same maths on two devices). The rest follows §3.1 (ReLU),
+§3.3 (LRN, per tower), §3.4 (overlapping pooling), §3.5 (widths), §4.2 (dropout: no scaling in
+training, x0.5 at test) and §5 (initialisation). Every alternative (Caffe, cuda-convnet2,
+torchvision) is a named ``ModelConfig`` option; see ``faithful-spec.md`` sections 1-3 and 7.
+
+The paper's LRN and dropout live in ``layers.py``, the two-device form in ``towers.py``, and
+``python -m alexnet.model [--config FILE] [--set KEY=VALUE ...]`` prints the layer table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from alexnet import paper
+from alexnet.config import LAYERS, InitConfig, LRNConfig, ModelConfig
+from alexnet.model.layers import PaperDropout, PaperLRN
+
+# Conv widths per arch. one_tower: §3.2 footnote 2, half the kernels except in conv5.
+# owt: torchvision / cuda-convnet2 layers-imagenet-1gpu.cfg ("one weird trick"), comparison only.
+CONV_WIDTHS = {
+    "two_tower": paper.CONV_WIDTHS,
+    "one_tower": tuple(w // paper.TOWERS for w in paper.CONV_WIDTHS[:4]) + paper.CONV_WIDTHS[4:],
+    "owt": (64, 192, 384, 256, 256),
+}
+POOL5_SIDE = 6  # [derived] 55 -> 27 -> 13 -> 6 with either pooling
+
+
+def _init_table(std: dict[str, float], hidden_bias: float) -> dict[str, tuple[float, float]]:
+    """layer: (weight std, bias); std 0.01 unless given, hidden_bias in §5's bias-1 layers."""
+    return {
+        n: (std.get(n, paper.INIT_WEIGHT_STD), hidden_bias if n in paper.BIAS_ONE_LAYERS else 0.0)
+        for n in LAYERS
+    }
+
+
+# Initialisation presets (spec 3.1). pytorch_default keeps torch's own init.
+INIT_PRESETS: dict[str, dict[str, tuple[float, float]]] = {
+    "paper": _init_table({}, hidden_bias=1.0),  # §5
+    "caffe": _init_table({"fc6": 0.005, "fc7": 0.005}, hidden_bias=0.1),  # bvlc_alexnet
+    # cuda-convnet2 layers-imagenet-2gpu-model.cfg initW; biases as the paper
+    "cuda_convnet2": _init_table({"conv3": 0.03, "conv4": 0.03, "conv5": 0.03}, hidden_bias=1.0),
+    "pytorch_default": {},
+}
+
+
+# --- building blocks (towers.py builds its towers from these too) ------------------------------
+
+
+def build_activation(name: str) -> nn.Module:
+    """ReLU (§3.1) or the saturating tanh it is compared with."""
+    return {"relu": nn.ReLU, "tanh": nn.Tanh}[name]()
+
+
+def build_conv1_padding(geometry: str) -> nn.Module:
+    """Zero padding before the valid 11x11/4 conv1; every geometry gives 55x55 (spec 1.2)."""
+    pad = paper.CONV1_CEIL_PAD_BOTTOM_RIGHT  # cc_ceil: the author's ceiling rule, 3 px overhang
+    # ZeroPad2d order: (left, right, top, bottom); pad2_224 = torchvision's padding=2
+    pads = {"cc_ceil": (0, pad, 0, pad), "crop227_valid": 0, "pad2_224": 2}
+    return nn.ZeroPad2d(pads[geometry]) if pads[geometry] else nn.Identity()
+
+
+def build_pool(kind: str) -> nn.MaxPool2d:
+    """Overlapping 3/2 max-pooling (§3.4) or the non-overlapping 2/2 it is compared with."""
+    size = paper.POOL_SIZE if kind == "overlapping" else paper.POOL_SIZE_NON_OVERLAPPING
+    return nn.MaxPool2d(size, paper.POOL_STRIDE)
+
+
+def build_lrn(cfg: LRNConfig, groups: int) -> nn.Module:
+    """PaperLRN with the config's constants, or Identity when LRN is switched off."""
+    if not cfg.enabled:
+        return nn.Identity()
+    return PaperLRN(cfg.size, cfg.alpha, cfg.beta, cfg.k, cfg.alpha_semantics, groups)
+
+
+class AlexNet(nn.Module):
+    """The network of §3.5 from a ``ModelConfig``. Input: (N, 3, S, S), mean-subtracted 0-255."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        w1, w2, w3, w4, w5 = CONV_WIDTHS[cfg.arch]
+        towers = paper.TOWERS if cfg.arch == "two_tower" else 1
+        g = {n: towers if n in paper.TOWER_LOCAL_LAYERS else 1 for n in LAYERS}  # §3.2
+        lrn_groups = towers if cfg.lrn.per_tower else 1  # False: Caffe's LRN across all maps
+        k1, k2, k3, k4, k5 = paper.CONV_KERNELS
+        _, p2, p3, p4, p5 = paper.CONV_PADDING
+        self.pad1 = build_conv1_padding(cfg.conv1_geometry)
+        self.conv1 = nn.Conv2d(3, w1, k1, stride=paper.CONV1_STRIDE)
+        self.lrn1 = build_lrn(cfg.lrn, lrn_groups)
+        self.pool1 = build_pool(cfg.pooling)
+        self.conv2 = nn.Conv2d(w1, w2, k2, padding=p2, groups=g["conv2"])
+        self.lrn2 = build_lrn(cfg.lrn, lrn_groups)
+        self.pool2 = build_pool(cfg.pooling)
+        self.conv3 = nn.Conv2d(w2, w3, k3, padding=p3, groups=g["conv3"])
+        self.conv4 = nn.Conv2d(w3, w4, k4, padding=p4, groups=g["conv4"])
+        self.conv5 = nn.Conv2d(w4, w5, k5, padding=p5, groups=g["conv5"])
+        self.pool5 = build_pool(cfg.pooling)
+        self.fc6 = nn.Linear(w5 * POOL5_SIDE**2, paper.FC_WIDTHS[0])
+        self.fc7 = nn.Linear(paper.FC_WIDTHS[0], paper.FC_WIDTHS[1])
+        self.fc8 = nn.Linear(paper.FC_WIDTHS[1], cfg.num_classes)
+        self.act = build_activation(cfg.activation)  # parameter-free, shared by every layer
+        self.drop6 = PaperDropout(cfg.dropout.p, cfg.dropout.style)
+        self.drop7 = PaperDropout(cfg.dropout.p, cfg.dropout.style)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv1(self.pad1(x))  # (N, 96, 55, 55)
+        if self.cfg.lrn.conv1_position == "after_relu":  # §3.3; before_relu: the CC2 cfgs
+            x = self.pool1(self.lrn1(self.act(x)))  # (N, 96, 27, 27)
+        else:
+            x = self.pool1(self.act(self.lrn1(x)))
+        x = self.pool2(self.lrn2(self.act(self.conv2(x))))  # (N, 256, 13, 13)
+        x = self.act(self.conv3(x))  # (N, 384, 13, 13)
+        x = self.act(self.conv4(x))  # (N, 384, 13, 13)
+        x = self.pool5(self.act(self.conv5(x)))  # (N, 256, 6, 6)
+        x = torch.flatten(x, 1)  # (N, 9216), channel-major: tower A's 128 maps first
+        inputs = self.cfg.dropout.placement == "inputs"  # torchvision drops the fc inputs
+        for fc, drop in ((self.fc6, self.drop6), (self.fc7, self.drop7)):
+            x = self.act(fc(drop(x))) if inputs else drop(self.act(fc(x)))  # (N, 4096)
+        return self.fc8(x)  # (N, num_classes) logits
+
+
+def init_weights(model: nn.Module, cfg: InitConfig) -> None:
+    """Initialise conv1..fc8 from the preset's table, then apply the per-layer overrides."""
+    table = INIT_PRESETS[cfg.preset]
+    for name in LAYERS:
+        layer = getattr(model, name)
+        std, bias = table.get(name, (None, None))
+        std, bias = cfg.weight_std.get(name, std), cfg.bias.get(name, bias)
+        if std is not None:
+            nn.init.normal_(layer.weight, 0.0, std)
+        if bias is not None:
+            nn.init.constant_(layer.bias, bias)
+
+
+def build_model(cfg: Any) -> AlexNet:
+    """An initialised ``AlexNet`` from a ``ModelConfig`` or a whole ``Config`` (its ``model``)."""
+    model_cfg: ModelConfig = getattr(cfg, "model", cfg)
+    model = AlexNet(model_cfg)
+    init_weights(model, model_cfg.init)
+    return model
