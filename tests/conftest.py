@@ -1,7 +1,13 @@
-"""Shared fixtures and markers. Every default test runs on CPU with generated or shared data."""
+"""Shared fixtures, helpers and markers. Every default test runs on the CPU with generated or
+shared data; tests marked ``cuda`` or ``two_gpus`` skip themselves without the hardware.
+
+Helpers are plain functions here (``from conftest import train_argv``), so no test module
+imports another.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +15,21 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+F32_EPS = torch.finfo(torch.float32).eps  # 2**-23
+
+# A tiny training run: 4 classes, batch 8, 2 epochs of 3 steps, a checkpoint after every step.
+# Everything else is the paper's recipe (the config defaults), whatever configs/ hold.
+TINY_RUN = (
+    "model.num_classes=4",
+    "train.batch_size=8",
+    "train.steps_per_epoch=3",
+    "train.epochs=2",
+    "train.log_every=1",
+    "train.checkpoint_every=1",
+    "data.workers=0",
+    "eval.batch_size=8",
+    "train.stall_steps=1000",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -18,6 +39,46 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
         if "two_gpus" in item.keywords and gpus < 2:
             item.add_marker(pytest.mark.skip(reason="needs two CUDA GPUs"))
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def train_argv(data: Path, run: Path, *extra: str) -> list[str]:
+    """``alexnet.train`` arguments for the tiny run on ``data`` into ``run``, plus ``extra``."""
+    out = ["--no-progress"]
+    for s in [*TINY_RUN, f"data.root={data}", f"run.dir={run}", *extra]:
+        out += ["--set", s]
+    return out
+
+
+def metric_rows(run: Path, kind: str) -> list[dict]:
+    """The rows of ``run/metrics.jsonl`` of one kind ("train" or "epoch")."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def model_cfg(*overrides: str):
+    """A ``ModelConfig`` from the defaults and ``model.``-less overrides such as ``lrn.k=1``."""
+    from alexnet.config import load_config
+
+    return load_config(None, [f"model.{o}" for o in overrides]).model
+
+
+def image_batch(n: int = 2, size: int = 224, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Mean-subtracted 0-255 pixels, the scale the paper's constants assume."""
+    return torch.randn(n, 3, size, size, dtype=dtype) * 60.0
+
+
+def assert_close_to_f64(actual: torch.Tensor, expected: torch.Tensor, ulps: float = 64) -> None:
+    """A float32 result against a float64 reference, within ``ulps`` float32 rounding units at
+    the scale of the values (their largest magnitude), so the bound holds on any CPU."""
+    scale = expected.abs().max().item()
+    err = (actual.double() - expected.double()).abs().max().item()
+    assert err <= ulps * F32_EPS * scale, f"error {err:.3g} > {ulps} ulps of {scale:.3g}"
+
+
+# --- fixtures -----------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +106,14 @@ def prepared_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert prepare.main([str(base / "src"), str(base / "prepared"), "--workers", "1"]) == 0
     return base / "prepared"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished tiny training run (two epochs) on ``prepared_tiny``: a run folder holding
+    ``last.pt``, ``best.pt``, ``metrics.jsonl`` and TensorBoard events. Treat it as read-only."""
+    from alexnet import train
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    assert train.main(train_argv(prepared_tiny, run)) == 0
+    return run

@@ -7,97 +7,92 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import argv
+from conftest import model_cfg
 from torchvision.transforms import v2
 
 from alexnet import eval as eval_cli
-from alexnet import train
 from alexnet.checkpoint import load_checkpoint, save_checkpoint
-from alexnet.config import config_from_dict
+from alexnet.config import ModelConfig
 from alexnet.data.packed import PackedSplit
-from alexnet.model import build_model
+from alexnet.model import AlexNet
 
 
 @pytest.fixture(scope="module")
-def trained(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("eval") / "run"
-    assert train.main(argv(prepared_tiny, run, "train.epochs=1", "train.checkpoint_every=0")) == 0
-    return run / "best.pt"
+def trained(tiny_run: Path) -> Path:
+    return tiny_run / "best.pt"
 
 
-def direct_errors(ckpt: Path, data: Path, views: int) -> tuple[float, float]:
-    """Top-1/top-5 error computed independently: torchvision crops, a plain loop, no loaders."""
-    state = load_checkpoint(ckpt)
-    model = build_model(config_from_dict(state["config"]).model)
-    model.load_state_dict(state["model"])
-    model.eval()
+def direct_eval(state: dict, model_cfg: ModelConfig, data: Path, views: int) -> dict[str, float]:
+    """An independent reference in float64: torchvision crops of each image, one at a time.
+
+    Returns the loss and, for top-1 and top-5, bounds on the number of correct images: an image
+    whose decisive probabilities differ by less than float32 rounding could go either way.
+    """
+    with torch.device("meta"):
+        model = AlexNet(model_cfg)
+    model.to_empty(device="cpu").load_state_dict(state["model"])
+    model.double().eval()
     mean = state["data_stats"]["mean"].double()
     split = PackedSplit(data, "val")
-    top1 = top5 = 0
+    out = {"loss": 0.0, "top1_lo": 0, "top1_hi": 0, "top5_lo": 0, "top5_hi": 0}
     for i in range(len(split)):
         image = split.image(i).double() - mean  # subtract the mean image, then crop (§2)
         crops = v2.TenCrop(224)(image) if views == 10 else (v2.CenterCrop(224)(image),)
         with torch.no_grad():
-            probs = torch.softmax(model(torch.stack(crops).float()), dim=1).mean(0)
-        ranked = probs.argsort(descending=True).tolist()
+            probs = torch.softmax(model(torch.stack(crops)), dim=1).mean(0)  # §4.1
         label = int(split.labels[i])
-        top1 += ranked[0] == label
-        top5 += label in ranked[:5]
-    n = len(split)
-    return (n - top1) / n, (n - top5) / n
+        out["loss"] -= float(probs[label].log()) / len(split)
+        others = torch.cat([probs[:label], probs[label + 1 :]]).sort(descending=True).values
+        tol = 1e-4 * float(probs.max())  # far above float32 rounding of a softmax
+        for k in (1, 5):
+            rival = float(others[k - 1]) if k <= len(others) else -1.0
+            out[f"top{k}_lo"] += float(probs[label]) > rival + tol
+            out[f"top{k}_hi"] += float(probs[label]) > rival - tol
+    return out
+
+
+def check_against_direct(got: dict, ref: dict, n: int) -> None:
+    assert got["n"] == n
+    for k in (1, 5):
+        correct = round(got[f"top{k}_acc"] * n)
+        assert ref[f"top{k}_lo"] <= correct <= ref[f"top{k}_hi"], (k, got, ref)
+        assert got[f"top{k}_err"] == pytest.approx(1 - correct / n)
+    assert got["loss"] == pytest.approx(ref["loss"], rel=1e-4)
 
 
 def test_eval_json_equals_a_direct_computation(
     trained: Path, prepared_tiny: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "eval.json"
-    assert (
-        eval_cli.main(
-            [
-                "--checkpoint",
-                str(trained),
-                "--json",
-                str(out),
-                "--no-progress",
-                "--workers",
-                "0",
-                "--crops",
-                "1",
-                "--crops",
-                "10",
-            ]
-        )
-        == 0
-    )
+    args = ["--checkpoint", str(trained), "--json", str(out), "--no-progress", "--workers", "0"]
+    assert eval_cli.main([*args, "--crops", "1", "--crops", "10"]) == 0
     report = json.loads(out.read_text())
     assert report["images"] == 16 and report["split"] == "val"
+    state = load_checkpoint(trained)
     for views in (1, 10):
-        got = report["results"][str(views)]
-        top1, top5 = direct_errors(trained, prepared_tiny, views)
-        assert got["n"] == 16
-        assert got["top1_err"] == pytest.approx(top1) and got["top5_err"] == pytest.approx(top5)
-        assert got["top1_acc"] == pytest.approx(1 - top1)
+        ref = direct_eval(state, model_cfg("num_classes=4"), prepared_tiny, views)
+        check_against_direct(report["results"][str(views)], ref, 16)
 
 
-def test_eval_reads_its_config_from_the_checkpoint(trained: Path, tmp_path: Path) -> None:
+def test_eval_reads_its_config_from_the_checkpoint(
+    trained: Path, prepared_tiny: Path, tmp_path: Path
+) -> None:
+    """A checkpoint whose stored config says LRN k = 1 and one view is evaluated that way,
+    with nothing on the command line but the checkpoint."""
+    state = load_checkpoint(trained)
+    state["config"]["model"]["lrn"]["k"] = 1.0
+    state["config"]["eval"]["views"] = 1
+    other = tmp_path / "k1.pt"
+    save_checkpoint(other, {k: v for k, v in state.items() if k not in ("format", "version")})
     out = tmp_path / "one.json"
-    assert (
-        eval_cli.main(
-            [
-                "--checkpoint",
-                str(trained),
-                "--crops",
-                "1",
-                "--json",
-                str(out),
-                "--no-progress",
-                "--workers",
-                "0",
-            ]
-        )
-        == 0
-    )
-    assert list(json.loads(out.read_text())["results"]) == ["1"]
+    args = ["--checkpoint", str(other), "--json", str(out), "--no-progress", "--workers", "0"]
+    assert eval_cli.main(args) == 0
+    results = json.loads(out.read_text())["results"]
+    assert list(results) == ["1"]  # eval.views from the checkpoint
+    k1 = direct_eval(state, model_cfg("num_classes=4", "lrn.k=1"), prepared_tiny, 1)
+    k2 = direct_eval(state, model_cfg("num_classes=4"), prepared_tiny, 1)
+    assert k1["loss"] != pytest.approx(k2["loss"], rel=1e-3)  # the two configs are told apart
+    check_against_direct(results["1"], k1, 16)
 
 
 def test_bad_checkpoints_are_one_clear_error(

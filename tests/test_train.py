@@ -13,38 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT, metric_rows, train_argv
 
 from alexnet import train
 from alexnet.checkpoint import load_checkpoint
 from alexnet.config import load_config
 from alexnet.model import build_model
-
-ROOT = Path(__file__).resolve().parents[1]
-# 4 classes, batch 8, 2 epochs of 3 steps, a checkpoint after every step.
-BASE = [
-    "model.num_classes=4",
-    "train.batch_size=8",
-    "train.steps_per_epoch=3",
-    "train.epochs=2",
-    "train.log_every=1",
-    "train.checkpoint_every=1",
-    "data.workers=0",
-    "eval.batch_size=8",
-    "schedule.type=plateau",
-    "train.stall_steps=1000",
-]
-
-
-def argv(data: Path, run: Path, *extra: str) -> list[str]:
-    out = ["--config", str(ROOT / "configs/demo.yaml"), "--no-progress"]
-    for s in [*BASE, f"data.root={data}", f"run.dir={run}", *extra]:
-        out += ["--set", s]
-    return out
-
-
-def rows(run: Path, kind: str) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -66,65 +40,48 @@ def spawn(args: list[str]) -> subprocess.Popen:
 def wait_for_steps(run: Path, proc: subprocess.Popen, steps: int, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        if (run / "metrics.jsonl").exists() and len(rows(run, "train")) >= steps:
+        if (run / "metrics.jsonl").exists() and len(metric_rows(run, "train")) >= steps:
             return
         time.sleep(0.05)
     raise AssertionError(f"training did not reach step {steps}: {proc.poll()}")
 
 
-@pytest.fixture(scope="module")
-def reference(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One uninterrupted run that the other runs are compared with."""
-    run = tmp_path_factory.mktemp("ref") / "run"
-    assert train.main(argv(prepared_tiny, run)) == 0
-    return run
-
-
-def test_run_folder_holds_everything(reference: Path) -> None:
+def test_run_folder_holds_everything(tiny_run: Path) -> None:
     for name in ("config.yaml", "env.json", "metrics.jsonl", "last.pt", "best.pt"):
-        assert (reference / name).is_file(), name
-    env = json.loads((reference / "env.json").read_text())
+        assert (tiny_run / name).is_file(), name
+    env = json.loads((tiny_run / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["devices"] == ["cpu"]
-    state = load_checkpoint(reference / "last.pt")
+    state = load_checkpoint(tiny_run / "last.pt")
     assert (state["epoch"], state["step"], state["global_step"]) == (2, 0, 6)
-    assert len(rows(reference, "train")) == 6 and len(rows(reference, "epoch")) == 2
-    for row in rows(reference, "epoch"):
+    assert len(metric_rows(tiny_run, "train")) == 6 and len(metric_rows(tiny_run, "epoch")) == 2
+    for row in metric_rows(tiny_run, "epoch"):
         assert row["val_images"] == 16 and 0.0 <= row["val_top1_err"] <= 1.0
         assert row["images_per_s"] > 0 and 0.0 <= row["data_wait_fraction"] <= 1.0
 
 
 def test_kill_9_mid_epoch_then_resume_is_bit_identical(
-    prepared_tiny: Path, reference: Path, tmp_path: Path
+    prepared_tiny: Path, tiny_run: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    proc = spawn(argv(prepared_tiny, run))
+    proc = spawn(train_argv(prepared_tiny, run))
     wait_for_steps(run, proc, 2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     stopped = load_checkpoint(run / "last.pt")
     assert (stopped["epoch"], stopped["step"]) < (2, 0), "the kill came too late to test a resume"
-    assert (
-        train.main(
-            argv(
-                prepared_tiny,
-                run,
-            )
-            + ["--resume", "auto"]
-        )
-        == 0
-    )
-    ref, got = weights(reference / "last.pt"), weights(run / "last.pt")
+    assert train.main([*train_argv(prepared_tiny, run), "--resume", "auto"]) == 0
+    ref, got = weights(tiny_run / "last.pt"), weights(run / "last.pt")
     assert all(torch.equal(ref[k], got[k]) for k in ref)
-    ref_losses = [r["loss"] for r in rows(reference, "train")]
-    got_losses = {r["step"]: r["loss"] for r in rows(run, "train")}  # later rows win
-    assert [got_losses[r["step"]] for r in rows(reference, "train")] == ref_losses
+    ref_losses = [r["loss"] for r in metric_rows(tiny_run, "train")]
+    got_losses = {r["step"]: r["loss"] for r in metric_rows(run, "train")}  # later rows win
+    assert [got_losses[r["step"]] for r in metric_rows(tiny_run, "train")] == ref_losses
 
 
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(
-    prepared_tiny: Path, reference: Path, tmp_path: Path
+    prepared_tiny: Path, tiny_run: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    proc = spawn(argv(prepared_tiny, run))
+    proc = spawn(train_argv(prepared_tiny, run))
     wait_for_steps(run, proc, 1)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=300)
@@ -132,9 +89,71 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(
     assert "Traceback" not in out and "resume with --resume auto" in out
     stopped = load_checkpoint(run / "last.pt")
     assert (stopped["epoch"], stopped["step"]) < (2, 0)
-    assert train.main(argv(prepared_tiny, run) + ["--resume", "auto"]) == 0
-    ref, got = weights(reference / "last.pt"), weights(run / "last.pt")
+    assert train.main(train_argv(prepared_tiny, run) + ["--resume", "auto"]) == 0
+    ref, got = weights(tiny_run / "last.pt"), weights(run / "last.pt")
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+# Runs the trainer in a child process whose second torch.save writes part of its file and is
+# then killed with SIGKILL: a save interrupted the hard way.
+KILLED_SAVE = """
+import os, signal, sys, torch
+real, calls = torch.save, []
+def save(obj, f, *args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+        f.write(b"PK half a checkpoint")
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(obj, f, *args, **kwargs)
+torch.save = save
+from alexnet.train import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_9_during_a_save_then_resume_leaves_no_temporary_file(
+    prepared_tiny: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-c", KILLED_SAVE, *train_argv(prepared_tiny, run)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    left = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert left and all(name.startswith(".last.pt.") for name in left)  # the killed save
+    assert load_checkpoint(run / "last.pt")["global_step"] == 1  # the first save is intact
+    assert train.main([*train_argv(prepared_tiny, run), "--resume", "auto"]) == 0
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    ref, got = weights(tiny_run / "last.pt"), weights(run / "last.pt")
+    assert all(torch.equal(ref[k], got[k]) for k in ref)  # and the run ended as if never killed
+
+
+def test_plateau_cuts_the_lr_three_times_through_the_optimiser_then_stops(
+    prepared_tiny: Path, tmp_path: Path
+) -> None:
+    """§5: lr / 10 whenever validation error stops improving, three times, then the end.
+
+    With lr 1e-12 the weights do not move, so the validation error never improves after the
+    first epoch: with patience 1 every later epoch is a plateau.
+    """
+    run = tmp_path / "run"
+    extra = (
+        "optim.lr=1e-12",
+        "optim.bias_lr_mult=2",
+        "schedule.patience=1",
+        "train.epochs=10",
+        "train.steps_per_epoch=1",
+        "train.checkpoint_every=0",
+    )
+    assert train.main(train_argv(prepared_tiny, run, *extra)) == 0
+    epochs = metric_rows(run, "epoch")
+    assert [r["event"] for r in epochs] == ["improved", "drop", "drop", "drop", "stop"]
+    assert [r["lr"] for r in epochs] == pytest.approx([1e-12, 1e-12, 1e-13, 1e-14, 1e-15])
+    state = load_checkpoint(run / "last.pt")
+    assert state["epoch"] == 5  # stopped after the plateau that followed the third cut
+    groups = {g["name"]: g["lr"] for g in state["optimizer"]["param_groups"]}
+    assert groups == pytest.approx({"weights": 1e-15, "biases": 2e-15})  # what the steps used
 
 
 def test_two_device_form_on_cpu_gives_the_same_losses(prepared_tiny: Path, tmp_path: Path) -> None:
@@ -146,11 +165,11 @@ def test_two_device_form_on_cpu_gives_the_same_losses(prepared_tiny: Path, tmp_p
     """
     stable = ("optim.lr=0.001", "train.epochs=1", "train.checkpoint_every=0")
     single, towers = tmp_path / "single", tmp_path / "towers"
-    assert train.main(argv(prepared_tiny, single, *stable)) == 0
+    assert train.main(train_argv(prepared_tiny, single, *stable)) == 0
     extra = ("parallel.mode=two_device", "parallel.devices=[cpu, cpu]")
-    assert train.main(argv(prepared_tiny, towers, *stable, *extra)) == 0
-    ref = [r["loss"] for r in rows(single, "train")]
-    got = [r["loss"] for r in rows(towers, "train")]
+    assert train.main(train_argv(prepared_tiny, towers, *stable, *extra)) == 0
+    ref = [r["loss"] for r in metric_rows(single, "train")]
+    got = [r["loss"] for r in metric_rows(towers, "train")]
     assert len(got) == 3 and got == pytest.approx(ref, rel=1e-4)
     torch.manual_seed(0)  # the trainer's seed: the initial weights both runs started from
     start = build_model(load_config(None, ["model.num_classes=4"]).model).state_dict()
@@ -161,12 +180,10 @@ def test_two_device_form_on_cpu_gives_the_same_losses(prepared_tiny: Path, tmp_p
         assert (other - update).abs().max() <= 1e-3 * update.abs().max(), k
 
 
-def test_tensorboard_events_hold_scalars_and_kernels(reference: Path) -> None:
+def test_tensorboard_events_hold_scalars_and_kernels(tiny_run: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(
-        str(reference / "tensorboard"), size_guidance={"images": 0, "scalars": 0}
-    )
+    acc = EventAccumulator(str(tiny_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
     for tag in (
@@ -181,9 +198,11 @@ def test_tensorboard_events_hold_scalars_and_kernels(reference: Path) -> None:
     ):
         assert tag in tags["scalars"], tag
     losses = [e.value for e in acc.Scalars("train/loss")]
-    assert losses == pytest.approx([r["loss"] for r in rows(reference, "train")], rel=1e-6)
+    assert losses == pytest.approx([r["loss"] for r in metric_rows(tiny_run, "train")], rel=1e-6)
     val = [e.value for e in acc.Scalars("epoch/val_top1_err")]
-    assert val == pytest.approx([r["val_top1_err"] for r in rows(reference, "epoch")], rel=1e-6)
+    assert val == pytest.approx(
+        [r["val_top1_err"] for r in metric_rows(tiny_run, "epoch")], rel=1e-6
+    )
     image = acc.Images("conv1/kernels")[-1]
     assert image.width > 11 * 8 and image.height > 11 * 8  # 96 kernels of 11x11 in a grid
 
@@ -192,7 +211,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     prepared_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
-    assert train.main(argv(prepared_tiny, run, "optim.lr=1e12")) == 2
+    assert train.main(train_argv(prepared_tiny, run, "optim.lr=1e12")) == 2
     err = capsys.readouterr().err
     assert "error: loss became" in err and "at step" in err and "last.pt" in err
     bad_step = int(err.split("at step ")[1].split(";")[0])
@@ -212,7 +231,7 @@ def test_a_loss_stuck_at_ln_classes_is_warned_about(
         "train.epochs=1",
         "train.checkpoint_every=0",
     )
-    assert train.main(argv(prepared_tiny, tmp_path / "run", *extra)) == 0
+    assert train.main(train_argv(prepared_tiny, tmp_path / "run", *extra)) == 0
     err = capsys.readouterr().err
     assert f"about ln(4) = {math.log(4):.3f}" in err
 
@@ -226,7 +245,7 @@ def test_ddp_with_torchrun_on_cpu_evaluates_every_image_once(
     extra = (
         ("parallel.two_device_per_process=true", "parallel.devices=[cpu, cpu]") if towers else ()
     )
-    args = argv(
+    args = train_argv(
         prepared_tiny,
         run,
         "parallel.mode=ddp",
@@ -249,20 +268,20 @@ def test_ddp_with_torchrun_on_cpu_evaluates_every_image_once(
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "2 process(es) x 4 images = batch 8" in out.stderr
-    (epoch,) = rows(run, "epoch")
+    (epoch,) = metric_rows(run, "epoch")
     assert epoch["val_images"] == 16
-    assert len(rows(run, "train")) == 3
+    assert len(metric_rows(run, "train")) == 3
     state = load_checkpoint(run / "last.pt")
     assert state["world_size"] == 2 and state["layout"] == ("two_device" if towers else "single")
 
 
 def test_existing_run_is_not_overwritten(
-    prepared_tiny: Path, reference: Path, capsys: pytest.CaptureFixture[str]
+    prepared_tiny: Path, tiny_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    before = (reference / "last.pt").stat().st_mtime_ns
-    assert train.main(argv(prepared_tiny, reference)) == 2
+    before = (tiny_run / "last.pt").stat().st_mtime_ns
+    assert train.main(train_argv(prepared_tiny, tiny_run)) == 2
     assert "--resume auto" in capsys.readouterr().err
-    assert (reference / "last.pt").stat().st_mtime_ns == before
+    assert (tiny_run / "last.pt").stat().st_mtime_ns == before
 
 
 @pytest.mark.parametrize(
@@ -281,28 +300,6 @@ def test_bad_input_is_one_clear_error(
     message: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert train.main(argv(prepared_tiny, tmp_path / "run", *extra)) == 2
+    assert train.main(train_argv(prepared_tiny, tmp_path / "run", *extra)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
-
-
-def test_bench_train_times_synthetic_and_real_steps(
-    prepared_tiny: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from alexnet.bench import __main__ as bench
-
-    sets = [
-        "model.num_classes=4",
-        "train.batch_size=4",
-        "data.workers=0",
-        f"data.root={prepared_tiny}",
-    ]
-    args = ["train", "--steps", "2", "--warmup", "1", "--data"]
-    for s in sets:
-        args += ["--set", s]
-    assert bench.main(args) == 0
-    out = capsys.readouterr().out
-    rates = [
-        float(line.split(":")[-1].split()[0]) for line in out.splitlines() if "images/s" in line
-    ]
-    assert len(rates) == 2 and all(r > 0 for r in rates), out
