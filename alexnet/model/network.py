@@ -30,6 +30,7 @@ CONV_WIDTHS = {
     "owt": (64, 192, 384, 256, 256),
 }
 POOL5_SIDE = 6  # [derived] 55 -> 27 -> 13 -> 6 with either pooling
+FEATURE_LAYERS = ("pool5", "fc6", "fc7", "fc8")  # what ``AlexNet.forward_to`` can stop at
 
 
 def _init_table(std: dict[str, float], hidden_bias: float) -> dict[str, tuple[float, float]]:
@@ -110,6 +111,16 @@ class AlexNet(nn.Module):
         self.drop7 = PaperDropout(cfg.dropout.p, cfg.dropout.style)
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.forward_to(x, "fc8")  # (N, num_classes) logits
+
+    def forward_to(self, x: Tensor, layer: str) -> Tensor:
+        """Run the network up to ``layer`` and return its activations.
+
+        ``layer`` is one of ``FEATURE_LAYERS``: ``pool5`` flattened (N, 9216), ``fc6`` or
+        ``fc7`` after their ReLU and before dropout (N, 4096), or ``fc8``, the logits.
+        """
+        if layer not in FEATURE_LAYERS:
+            raise ValueError(f"layer must be one of {', '.join(FEATURE_LAYERS)}, got {layer!r}")
         x = self.conv1(self.pad1(x))  # (N, 96, 55, 55)
         if self.cfg.lrn.conv1_position == "after_relu":  # §3.3; before_relu: the CC2 cfgs
             x = self.pool1(self.lrn1(self.act(x)))  # (N, 96, 27, 27)
@@ -120,9 +131,14 @@ class AlexNet(nn.Module):
         x = self.act(self.conv4(x))  # (N, 384, 13, 13)
         x = self.pool5(self.act(self.conv5(x)))  # (N, 256, 6, 6)
         x = torch.flatten(x, 1)  # (N, 9216), channel-major: tower A's 128 maps first
+        if layer == "pool5":
+            return x
         inputs = self.cfg.dropout.placement == "inputs"  # torchvision drops the fc inputs
-        for fc, drop in ((self.fc6, self.drop6), (self.fc7, self.drop7)):
-            x = self.act(fc(drop(x))) if inputs else drop(self.act(fc(x)))  # (N, 4096)
+        for name, fc, drop in (("fc6", self.fc6, self.drop6), ("fc7", self.fc7, self.drop7)):
+            x = self.act(fc(drop(x) if inputs else x))  # (N, 4096)
+            if layer == name:
+                return x
+            x = x if inputs else drop(x)
         return self.fc8(x)  # (N, num_classes) logits
 
 
