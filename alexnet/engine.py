@@ -159,6 +159,27 @@ def evaluate(
     return totals.rates()
 
 
+@torch.no_grad()
+def predict(
+    module: nn.Module, batches: Iterable[Batch], rt: Runtime, show_progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities of every image of ``batches`` (views softmax-averaged, §4.1).
+
+    ``batches`` yield (views (n, V, 3, S, S), labels) like ``evaluate``'s. Returns float32
+    probabilities (N, C) and int64 labels (N,) on the CPU, in the loader's order (this process's
+    shard only under DDP).
+    """
+    module.eval()
+    probs, labels = [], []
+    for views, y in _progress(batches, show_progress and rt.is_main, "predict"):
+        n, v = views.shape[:2]
+        with rt.autocast():
+            logits = module(rt.batch(views.flatten(0, 1))).float()
+        probs.append(average_views(logits.view(n, v, -1)).cpu())
+        labels.append(y.cpu())
+    return torch.cat(probs), torch.cat(labels)
+
+
 def _progress(items: Iterable[Batch], enabled: bool, desc: str) -> Iterator[Batch]:
     total = len(items) if hasattr(items, "__len__") else None
     yield from tqdm(items, total=total, desc=desc, unit="batch", disable=not enabled, leave=False)

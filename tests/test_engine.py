@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from conftest import assert_close_to_f64
 
 from alexnet.config import load_config
 from alexnet.data.loaders import EvalLoader, TrainLoader
 from alexnet.data.packed import PackedSplit, load_stats
-from alexnet.engine import EpochPlan, Hooks, evaluate, train_one_epoch
+from alexnet.engine import EpochPlan, Hooks, evaluate, predict, train_one_epoch
 from alexnet.model import build_model
 from alexnet.optim import build_optimizer
 from alexnet.runtime import Runtime
@@ -79,3 +80,21 @@ def test_evaluate_counts_views_and_averages_softmax(prepared_tiny: Path) -> None
     assert result["n"] == len(split) == 16
     assert abs(result["top1_acc"] - top1) < 1e-9
     assert abs(result["loss"] - F.nll_loss(p.log(), y).item()) < 1e-5
+
+
+def test_predict_returns_each_images_averaged_softmax(prepared_tiny: Path) -> None:
+    cfg = load_config(None, ["model.num_classes=4", "data.workers=0"])
+    model = build_model(cfg.model).double().eval()
+    split = PackedSplit(prepared_tiny, "val")
+    stats = load_stats(prepared_tiny)
+    kw = dict(data=cfg.data, input_size=224, batch_size=3, device="cpu", views=10)
+    loader = EvalLoader(split, stats, **kw)
+    probs, labels = predict(model.float(), loader, CPU, show_progress=False)
+    assert probs.shape == (16, 4) and probs.dtype == torch.float32
+    assert torch.equal(labels, split.labels)
+    model.double()
+    for i, (views, _) in enumerate(loader):  # float64, one image at a time, as a reference
+        for j in range(len(views)):
+            with torch.no_grad():
+                ref = torch.softmax(model(views[j].double()), dim=1).mean(0)
+            assert_close_to_f64(probs[3 * i + j], ref, ulps=1024)
