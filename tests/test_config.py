@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alexnet import paper
-from alexnet.config import Config, ConfigError, dump_yaml, input_size, load_config, to_dict
+from alexnet.config import Config, ConfigError, dump_yaml, load_config, to_dict
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
 
@@ -18,25 +17,6 @@ def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "c.yaml"
     path.write_text(text)
     return path
-
-
-def test_defaults_are_the_papers() -> None:
-    cfg = Config()
-    assert (cfg.model.lrn.k, cfg.model.lrn.size, cfg.model.lrn.alpha, cfg.model.lrn.beta) == (
-        2.0,
-        5,
-        1e-4,
-        0.75,
-    )
-    assert cfg.model.lrn.alpha_semantics == "raw_sum" and cfg.model.lrn.per_tower
-    assert cfg.model.arch == "two_tower" and cfg.model.num_classes == 1000
-    assert cfg.model.dropout.p == 0.5 and cfg.model.dropout.style == "paper"
-    assert (cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay) == (0.01, 0.9, 0.0005)
-    assert cfg.optim.momentum_semantics == "paper"
-    assert cfg.train.batch_size == 128 and cfg.train.epochs == 90
-    assert cfg.schedule.type == "plateau" and cfg.schedule.factor == 0.1
-    assert cfg.schedule.max_drops == 3 and cfg.eval.views == 10
-    assert input_size(cfg.model) == 224 == paper.INPUT_SIZE
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

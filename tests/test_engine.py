@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from conftest import assert_close_to_f64
 
 from alexnet.config import load_config
 from alexnet.data.loaders import EvalLoader, TrainLoader
@@ -16,6 +15,8 @@ from alexnet.engine import EpochPlan, Hooks, evaluate, predict, train_one_epoch
 from alexnet.model import build_model
 from alexnet.optim import build_optimizer
 from alexnet.runtime import Runtime
+
+from conftest import assert_close_to_f64
 
 CPU = Runtime("single", (torch.device("cpu"),))
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import model_cfg
 from torchvision.transforms import v2
 
 from alexnet import eval as eval_cli
@@ -15,6 +14,8 @@ from alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.config import ModelConfig
 from alexnet.data.packed import PackedSplit
 from alexnet.model import AlexNet
+
+from conftest import model_cfg
 
 
 @pytest.fixture(scope="module")

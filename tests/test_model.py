@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from alexnet.config import LAYERS, InitConfig, ModelConfig, load_config
+from alexnet.config import InitConfig, ModelConfig
 from alexnet.model import AlexNet, PaperDropout, PaperLRN, build_model
 from alexnet.model.__main__ import main
 from alexnet.model.summary import summarize
+
+from conftest import image_batch, model_cfg
 
 # faithful-spec.md 1.1: (output C x H x W, parameters, multiply-adds per image).
 SPEC_TABLE = {
@@ -35,10 +37,9 @@ SPEC_TABLE = {
     "fc7": ((4096,), 16_781_312, 16_777_216),
     "fc8": ((1000,), 4_097_000, 4_096_000),
 }
-
-
-def model_cfg(*overrides: str) -> ModelConfig:
-    return load_config(None, [f"model.{o}" for o in overrides]).model
+# The eight learned layers, written out (not taken from the code's own list).
+NAMES = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+CONVS = NAMES[:5]
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +54,6 @@ def with_weights(cfg: ModelConfig, source: AlexNet) -> AlexNet:
         model = AlexNet(cfg)
     model.to_empty(device="cpu").load_state_dict(source.state_dict())
     return model.eval()
-
-
-def image_batch(n: int = 2, size: int = 224) -> torch.Tensor:
-    """Mean-subtracted 0-255 pixels, the scale the paper's constants assume."""
-    return torch.randn(n, 3, size, size) * 60.0
 
 
 # --- the faithful defaults -------------------------------------------------------------------
@@ -77,12 +73,12 @@ def test_paper_counts_and_shapes(paper_model: AlexNet) -> None:
 
 
 def test_state_dict_keys_are_the_paper_layer_names(paper_model: AlexNet) -> None:
-    expected = [f"{n}.{k}" for n in LAYERS for k in ("weight", "bias")]  # conv1.weight .. fc8.bias
+    expected = [f"{n}.{k}" for n in NAMES for k in ("weight", "bias")]  # conv1.weight .. fc8.bias
     assert list(paper_model.state_dict()) == expected
 
 
 def test_towers_as_groups(paper_model: AlexNet) -> None:
-    groups = {n: getattr(paper_model, n).groups for n in LAYERS[:5]}
+    groups = {n: getattr(paper_model, n).groups for n in CONVS}
     assert groups == {"conv1": 1, "conv2": 2, "conv3": 1, "conv4": 2, "conv5": 2}
     assert paper_model.lrn1.groups == paper_model.lrn2.groups == 2
 
@@ -141,12 +137,12 @@ def test_towers_see_only_their_own_maps_except_at_conv3_and_fc(
 
 # layer: (weight std, bias), written out from the spec's table
 HIDDEN = ("conv2", "conv4", "conv5", "fc6", "fc7")
-PAPER_INIT = {n: (0.01, 1.0 if n in HIDDEN else 0.0) for n in LAYERS}
+PAPER_INIT = {n: (0.01, 1.0 if n in HIDDEN else 0.0) for n in NAMES}
 CAFFE_INIT = {
-    n: (0.005 if n in ("fc6", "fc7") else 0.01, 0.1 if n in HIDDEN else 0.0) for n in LAYERS
+    n: (0.005 if n in ("fc6", "fc7") else 0.01, 0.1 if n in HIDDEN else 0.0) for n in NAMES
 }
 CC2_INIT = {
-    n: (0.03 if n in ("conv3", "conv4", "conv5") else 0.01, PAPER_INIT[n][1]) for n in LAYERS
+    n: (0.03 if n in ("conv3", "conv4", "conv5") else 0.01, PAPER_INIT[n][1]) for n in NAMES
 }
 
 
@@ -173,7 +169,7 @@ def test_init_overrides_and_pytorch_default() -> None:
     cfg = dataclasses.replace(ModelConfig(), init=init)
     assert_init(build_model(cfg), {**PAPER_INIT, "conv1": (0.05, 0.0), "fc8": (0.01, -7.0)})
     model = build_model(model_cfg("init.preset=pytorch_default"))
-    for name in LAYERS:  # torch's kaiming_uniform(a=sqrt 5): U(+-1/sqrt(fan_in)), std bound/sqrt 3
+    for name in NAMES:  # torch's kaiming_uniform(a=sqrt 5): U(+-1/sqrt(fan_in)), std bound/sqrt 3
         w = getattr(model, name).weight.detach()
         bound = 1 / (w[0].numel() ** 0.5)
         assert w.abs().max() <= bound and abs(w.std().item() * 3**0.5 / bound - 1) < 0.05, name
@@ -284,7 +280,7 @@ def test_switch_effects(paper_model: AlexNet) -> None:
 )
 def test_comparison_archs(arch: str, widths: tuple[int, ...], params: int | None) -> None:
     model = structure_model(model_cfg(f"arch={arch}"))
-    convs = [getattr(model, n) for n in LAYERS[:5]]
+    convs = [getattr(model, n) for n in CONVS]
     assert tuple(c.out_channels for c in convs) == widths and all(c.groups == 1 for c in convs)
     fc = (model.fc6.in_features, model.fc6.out_features, model.fc7.out_features)
     assert fc == (9216, 4096, 4096)
@@ -312,15 +308,16 @@ def test_comparison_archs(arch: str, widths: tuple[int, ...], params: int | None
 )
 def test_conv1_geometry(geometry: str, size: int, first: tuple, last: tuple) -> None:
     """Windows (0, 0) and (54, 54) of conv1 summed by hand: image rows/cols x kernel taps."""
-    model = AlexNet(model_cfg(f"conv1_geometry={geometry}"))
-    x = image_batch(1, size)
-    out = model.conv1(model.pad1(x)).detach().double()
+    model = AlexNet(model_cfg(f"conv1_geometry={geometry}")).double()
+    x = image_batch(1, size, dtype=torch.float64)
+    out = model.conv1(model.pad1(x)).detach()
     assert out.shape == (1, 96, 55, 55)
-    w, b = model.conv1.weight.detach().double(), model.conv1.bias.detach().double()
+    w, b = model.conv1.weight.detach(), model.conv1.bias.detach()
     for (pixels, taps), (i, j) in ((first, (0, 0)), (last, (54, 54))):
-        patch = x.double()[0, :, pixels, pixels]
+        patch = x[0, :, pixels, pixels]
         expected = torch.einsum("chw,ochw->o", patch, w[:, :, taps, taps]) + b
-        torch.testing.assert_close(out[0, :, i, j], expected, rtol=1e-5, atol=1e-3)
+        # float64: 363 products of values below 300 leave errors far below 1e-9
+        torch.testing.assert_close(out[0, :, i, j], expected, rtol=0, atol=1e-9)
 
 
 def test_lrn_options_change_only_the_lrn_output(paper_model: AlexNet) -> None:
@@ -363,3 +360,24 @@ def test_bad_lrn_and_dropout_arguments() -> None:
         PaperLRN(5, 1e-4, 0.75, 2.0, alpha_semantics="mean")
     with pytest.raises(ValueError, match="style"):
         PaperDropout(0.5, style="scaled")
+
+
+def test_forward_to_returns_the_hidden_layers(paper_model: AlexNet) -> None:
+    """pool5 flattened, fc6/fc7 after ReLU, chained by hand (float64) to the logits."""
+    model = with_weights(ModelConfig(), paper_model).double()
+    x = image_batch(2, dtype=torch.float64)
+    with torch.no_grad():
+        pool5 = model.forward_to(x, "pool5")
+        fc6 = model.forward_to(x, "fc6")
+        fc7 = model.forward_to(x, "fc7")
+        assert pool5.shape == (2, 9216) and fc6.shape == fc7.shape == (2, 4096)
+        torch.testing.assert_close(fc6, F.relu(F.linear(pool5, model.fc6.weight, model.fc6.bias)))
+        # eval: the paper's dropout multiplies the outputs of fc6 and fc7 by 0.5 (§4.2)
+        torch.testing.assert_close(
+            fc7, F.relu(F.linear(0.5 * fc6, model.fc7.weight, model.fc7.bias))
+        )
+        logits = F.linear(0.5 * fc7, model.fc8.weight, model.fc8.bias)
+        torch.testing.assert_close(model.forward_to(x, "fc8"), logits)
+        torch.testing.assert_close(model(x), logits)
+    with pytest.raises(ValueError, match="pool5, fc6, fc7, fc8"):
+        model.forward_to(x, "conv3")

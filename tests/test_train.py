@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, metric_rows, train_argv
 
 from alexnet import train
 from alexnet.checkpoint import load_checkpoint
 from alexnet.config import load_config
 from alexnet.model import build_model
+
+from conftest import ROOT, metric_rows, train_argv
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

@@ -156,7 +156,9 @@ def test_lighting_magnitudes_match_the_spec_anchors() -> None:
 
 
 @pytest.mark.parametrize("normalize", ["mean_image", "mean_image_center", "channel_mean_std"])
-def test_lighting_with_zero_alpha_is_identity_and_is_redrawn(normalize: str) -> None:
+def test_lighting_with_zero_alpha_is_identity_and_shifts_each_image_uniformly(
+    normalize: str,
+) -> None:
     stats, x = _stats(), _images(4)
     p = _params(4, seed=6)
     crops = T.crop_flip(x, p.top, p.left, p.flip, 224)
@@ -171,9 +173,8 @@ def test_lighting_with_zero_alpha_is_identity_and_is_redrawn(normalize: str) -> 
         lam01 = torch.from_numpy(stats.eigval) / 255**2  # shift_255 = 255 * V (alpha * lambda01)
         s255 = 255 * (p.alpha.double() * lam01) @ torch.from_numpy(stats.eigvec).T
         expected = s255 / (255 * torch.tensor(T.TV_STD).double())
-        assert torch.allclose(shifted[:, :, 0, 0].double(), expected, atol=1e-5)
-    again = _params(4, seed=7)  # another use of the same image draws new alphas
-    assert not torch.equal(again.alpha, p.alpha)
+        # values below 3 on this scale, in float32: 32 rounding units of 3
+        assert torch.allclose(shifted[:, :, 0, 0].double(), expected, atol=32 * 3 * 2**-23)
 
 
 def test_sqrt_eigenvalue_rescales_the_whole_lit_image() -> None:
