@@ -1,0 +1,218 @@
+"""One training run's pieces: its run folder, data, model, optimiser, schedule and position.
+
+``alexnet.train`` builds a ``Session`` with ``build_session`` and runs the epochs; this module
+knows how the pieces are made, restored from a checkpoint and saved again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alexnet import atomic
+from alexnet import checkpoint as ckpt
+from alexnet import runtime as runtime_lib
+from alexnet.config import Config, config_from_dict, dump_yaml, input_size, to_dict
+from alexnet.data.loaders import EvalLoader, TrainLoader
+from alexnet.data.packed import PackedSplit, Stats, load_stats
+from alexnet.errors import UserError
+from alexnet.log import RunLog, environment, info
+from alexnet.model import build_model
+from alexnet.optim import LRSchedule, build_optimizer
+
+
+@dataclass
+class Position:
+    """Where training stands: the next step to run and the best validation error so far."""
+
+    epoch: int = 0
+    step: int = 0  # steps of ``epoch`` already done
+    global_step: int = 0
+    best: float = math.inf
+    stop_signal: int = 0  # the signal that asked us to stop, if any
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Data:
+    """The run's data: loaders, the training-set statistics and the class names."""
+
+    train: TrainLoader
+    val: EvalLoader
+    stats: Stats
+    classes: list[str]
+
+
+@dataclass
+class Session:
+    """The pieces one training run wires together (built once by ``_train``)."""
+
+    cfg: Config
+    rt: runtime_lib.Runtime
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    data: Data
+    log: RunLog
+    pos: Position
+    progress: bool = True
+
+    def save(self, name: str, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """A checkpoint of everything needed to resume, as ``run.dir/name`` (rank 0 writes)."""
+        rngs = _gather_rng(self.rt)
+        if not self.rt.is_main:
+            return
+        if weights is None:
+            weights = runtime_lib.canonical_state_dict(self.module)
+        pos, cfg = self.pos, self.cfg
+        ckpt.save_checkpoint(
+            cfg.run.dir / name,
+            {
+                "config": to_dict(cfg),
+                "model": weights,
+                "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "epoch": pos.epoch,
+                "step": pos.step,
+                "global_step": pos.global_step,
+                "best": pos.best,
+                "rng": rngs,
+                "history": pos.history,
+                "parallel_mode": self.rt.mode,
+                "layout": _layout(cfg),
+                "world_size": self.rt.world_size,
+                "data_stats": _stats_payload(self.data.stats),
+                "classes": self.data.classes,
+            },
+        )
+
+
+def prepare_run_dir(cfg: Config, rt: runtime_lib.Runtime) -> None:
+    """Create the run folder, write the resolved config and environment, clear killed saves."""
+    with runtime_lib.main_process_first(rt):
+        if rt.is_main:
+            run_dir = cfg.run.dir
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for stale in atomic.remove_temp_files(run_dir):
+                info(f"removed {stale.name}, left by an interrupted save")
+            atomic.write_text(run_dir / "config.yaml", dump_yaml(cfg))
+            atomic.write_json(run_dir / "env.json", environment(rt.devices, rt.world_size))
+
+
+def build_data(cfg: Config, rt: runtime_lib.Runtime) -> Data:
+    """The training and validation loaders for this process, checked against the model."""
+    train_split = PackedSplit(cfg.data.root, cfg.data.train_split)
+    val_split = PackedSplit(cfg.data.root, cfg.data.val_split)
+    if len(train_split.classes) != cfg.model.num_classes:
+        raise UserError(
+            f"{cfg.data.root} has {len(train_split.classes)} classes but model.num_classes is "
+            f"{cfg.model.num_classes}; set --set model.num_classes={len(train_split.classes)}"
+        )
+    if cfg.train.batch_size % rt.world_size:
+        raise UserError(
+            f"train.batch_size {cfg.train.batch_size} does not divide over "
+            f"{rt.world_size} processes"
+        )
+    stats, size = load_stats(cfg.data.root), input_size(cfg.model)
+    where = dict(device=rt.device, rank=rt.rank, world_size=rt.world_size)
+    train = TrainLoader(
+        train_split,
+        stats,
+        data=cfg.data,
+        augment=cfg.augment,
+        input_size=size,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        steps_per_epoch=cfg.train.steps_per_epoch,
+        **where,
+    )
+    val = EvalLoader(
+        val_split,
+        stats,
+        data=cfg.data,
+        input_size=size,
+        batch_size=cfg.eval.batch_size,
+        views=cfg.train.val_views,
+        **where,
+    )
+    return Data(train, val, stats, train_split.classes)
+
+
+def build_session(
+    cfg: Config, rt: runtime_lib.Runtime, data: Data, state: dict[str, Any] | None, progress: bool
+) -> Session:
+    """Model, optimiser, schedule and position: new, or restored from ``state``."""
+    model = build_model(cfg.model)
+    if state is not None:
+        model.load_state_dict(state["model"])
+    module = rt.wrap(model)
+    optimizer = build_optimizer(runtime_lib.unwrap(module), cfg.optim)
+    schedule = LRSchedule(cfg.schedule, cfg.optim.lr)
+    pos = Position()
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        pos = Position(
+            state["epoch"],
+            state["step"],
+            state["global_step"],
+            state["best"],
+            history=list(state.get("history", [])),
+        )
+        ckpt.set_rng_state(state["rng"][rt.rank])
+    log = RunLog(cfg.run.dir, enabled=rt.is_main, tensorboard=cfg.run.tensorboard)
+    return Session(cfg, rt, module, optimizer, schedule, data, log, pos, progress)
+
+
+def resume_path(arg: str | None, run_dir: Path) -> Path | None:
+    if arg is None:
+        if (run_dir / ckpt.LAST).exists():
+            raise UserError(
+                f"{run_dir} already holds a run (last.pt): continue it with "
+                "--resume auto, or choose another --set run.dir=..."
+            )
+        return None
+    if arg == "auto":
+        return ckpt.find_resume_checkpoint(run_dir)
+    return Path(arg)
+
+
+def check_resumable(cfg: Config, state: dict[str, Any], path: Path) -> None:
+    stored = config_from_dict(state["config"], str(path))
+    if stored.model != cfg.model:
+        raise UserError(
+            f"{path} was trained with a different model section; resume with its "
+            f"config ({cfg.run.dir / 'config.yaml'}) or start a new run.dir"
+        )
+    if state["layout"] != _layout(cfg):
+        raise UserError(
+            f"{path} was written by the {state['layout']} form of the model; resume "
+            "with the same parallel settings (its optimiser state is laid out for it)"
+        )
+    changed = [k for k, v in to_dict(cfg).items() if v != state["config"].get(k)]
+    if changed:
+        info(f"warning: resuming with changed config sections: {', '.join(changed)}")
+
+
+def _layout(cfg: Config) -> str:
+    """Which form's parameters the optimiser state belongs to."""
+    p = cfg.parallel
+    return "two_device" if p.mode == "two_device" or p.two_device_per_process else "single"
+
+
+def _gather_rng(rt: runtime_lib.Runtime) -> list[dict[str, Any]]:
+    mine = ckpt.rng_state()
+    if not rt.distributed:
+        return [mine]
+    out: list[Any] = [None] * rt.world_size
+    torch.distributed.all_gather_object(out, mine)
+    return out
+
+
+def _stats_payload(stats: Stats) -> dict[str, torch.Tensor]:
+    keys = ("mean", "cov", "eigval", "eigvec")
+    return {k: torch.from_numpy(getattr(stats, k)).float() for k in keys}
