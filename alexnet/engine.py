@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +55,7 @@ def train_one_epoch(
     hooks: Hooks,
     show_progress: bool = True,
 ) -> dict[str, float]:
-    """Run ``plan``'s steps; returns loss/error means over them and whether it was interrupted.
+    """Run ``plan``'s steps; returns loss/error means over them and how far it got.
 
     Losses stay on the device between reports; every ``log_every`` steps (and before every
     checkpoint) they are checked at once, so a non-finite loss is found before it is saved.
@@ -64,10 +64,7 @@ def train_one_epoch(
         NonFiniteLoss: with the global step at which the loss first stopped being finite.
     """
     module.train()
-    window: list[torch.Tensor] = []
     totals = Accumulator()
-    loss_sum = 0.0
-    seen, done, started = 0, plan.start_step, time.perf_counter()
     bar = tqdm(
         total=plan.steps,
         initial=plan.start_step,
@@ -77,26 +74,7 @@ def train_one_epoch(
         dynamic_ncols=True,
         leave=False,
     )
-    lr = optimizer.param_groups[0]["lr"]
-
-    def flush() -> None:
-        nonlocal loss_sum
-        if not window:
-            return
-        losses = torch.stack(window).float().cpu()
-        bad = (~torch.isfinite(losses)).nonzero()
-        if len(bad):
-            i = int(bad[0])
-            raise NonFiniteLoss(
-                plan.first_global_step + done - plan.start_step - len(window) + i, float(losses[i])
-            )
-        loss_sum += float(losses.sum())
-        rate = seen / max(time.perf_counter() - started, 1e-9)
-        step = plan.first_global_step + done - plan.start_step
-        hooks.log(step, {"loss": float(losses.mean()), "lr": lr, "images_per_s": rate})
-        bar.set_postfix(loss=f"{float(losses[-1]):.3f}", lr=f"{lr:.2g}", img_s=f"{rate:.0f}")
-        window.clear()
-
+    report = _Report(plan, hooks, bar, optimizer.param_groups[0]["lr"], plan.start_step)
     for images, labels in batches:
         with rt.autocast():
             logits = module(rt.batch(images))
@@ -104,30 +82,67 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        window.append(loss.detach())
         totals.update(logits.detach(), labels.to(logits.device))
-        seen += len(labels)
-        done += 1
-        bar.update(1)
+        done = report.add(loss, len(labels))
         if done % plan.log_every == 0:
-            flush()
+            report.flush()
         if plan.checkpoint_every and done % plan.checkpoint_every == 0 and done < plan.steps:
-            flush()
+            report.flush()
             hooks.checkpoint(done)
         if done >= plan.steps or hooks.should_stop():
             break
-    flush()
+    report.flush()
     bar.close()
     totals.all_reduce()  # training error over all ranks' images (a sum, never a mean of means)
     rates = totals.rates() if totals.n else {"top1_err": float("nan"), "top5_err": float("nan")}
     return {
-        "loss": loss_sum / max(done - plan.start_step, 1),
+        "loss": report.loss_sum / max(report.done - plan.start_step, 1),
         "top1_err": rates["top1_err"],
         "top5_err": rates["top5_err"],
-        "steps_done": float(done),
-        "images": float(seen),
-        "seconds": time.perf_counter() - started,
+        "steps_done": float(report.done),
+        "images": float(report.seen),
+        "seconds": time.perf_counter() - report.started,
     }
+
+
+@dataclass
+class _Report:
+    """The epoch's running count; step losses wait on the device until ``flush`` checks them."""
+
+    plan: EpochPlan
+    hooks: Hooks
+    bar: tqdm
+    lr: float
+    done: int  # steps of the epoch completed
+    seen: int = 0  # images this process trained on
+    loss_sum: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+    window: list[torch.Tensor] = field(default_factory=list)
+
+    def add(self, loss: torch.Tensor, images: int) -> int:
+        self.window.append(loss.detach())
+        self.seen += images
+        self.done += 1
+        self.bar.update(1)
+        return self.done
+
+    def flush(self) -> None:
+        """Check the waiting losses, log their mean and the throughput, update the bar."""
+        if not self.window:
+            return
+        losses = torch.stack(self.window).float().cpu()
+        step = self.plan.first_global_step + self.done - self.plan.start_step
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise NonFiniteLoss(step - len(self.window) + i, float(losses[i]))
+        self.loss_sum += float(losses.sum())
+        rate = self.seen / max(time.perf_counter() - self.started, 1e-9)
+        self.hooks.log(step, {"loss": float(losses.mean()), "lr": self.lr, "images_per_s": rate})
+        self.bar.set_postfix(
+            loss=f"{float(losses[-1]):.3f}", lr=f"{self.lr:.2g}", img_s=f"{rate:.0f}"
+        )
+        self.window.clear()
 
 
 @torch.no_grad()
