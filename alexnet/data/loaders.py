@@ -31,55 +31,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from alexnet import paper
 from alexnet.config import AugmentConfig, DataConfig
 from alexnet.data import transforms as T
 from alexnet.data.packed import PackedSplit, Stats
-from alexnet.data.plan import Timing, TrainPlan
+from alexnet.data.plan import EvalBatches, StepKeys, Timing, TrainPlan, TrainSteps
 from alexnet.errors import UserError
 from alexnet.runtime import loader_workers
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (float images on the device, int64 labels)
 READ_AHEAD = 3  # steps of encoded bytes the gpu path reads ahead in its thread
-
-
-class _Keys(Sampler):
-    """The keys the next pass of a DataLoader fetches; set before each ``iter(loader)``."""
-
-    def __init__(self) -> None:
-        self.keys: list = []
-
-    def __iter__(self) -> Iterator:
-        return iter(self.keys)
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-
-class _TrainSteps(Dataset):
-    """Item (epoch, step) -> uint8 crops, labels and augmentation of one rank's batch."""
-
-    def __init__(self, split: PackedSplit, plan: TrainPlan, size: int) -> None:
-        self.split, self.plan, self.size = split, plan, size
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-        idx, p = self.plan.indices(*key), self.plan.params(*key)
-        images = [self.split.image(i) for i in idx.tolist()]
-        crops = T.crop_flip(images, p.top, p.left, p.flip, self.size)
-        return crops, self.split.labels[idx], *p.astuple()
-
-
-class _EvalBatches(Dataset):
-    """Item b -> the b-th batch of (uint8 (n, 3, S, S) images, labels) of a rank's shard."""
-
-    def __init__(self, split: PackedSplit, batches: list[range]) -> None:
-        self.split, self.batches = split, batches
-
-    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = list(self.batches[b])
-        return torch.stack([self.split.image(i) for i in idx]), self.split.labels[idx]
 
 
 class _Loader:
@@ -99,7 +62,7 @@ class _Loader:
         self.timing = Timing()
         self._dataset: Dataset | None = None  # what the cpu path's workers read
         self._loader: DataLoader | None = None
-        self._keys = _Keys()
+        self._keys = StepKeys()
         self._decode_stream: torch.cuda.Stream | None = None
 
     def pop_timing(self) -> dict[str, float]:
@@ -244,7 +207,7 @@ class TrainLoader(_Loader):
             lighting=aug.lighting,
             lighting_constants=aug.lighting_constants,
         )
-        self._dataset = _TrainSteps(split, self.plan, input_size)
+        self._dataset = TrainSteps(split, self.plan, input_size)
 
     def steps(self, epoch: int = 0) -> int:
         """Global steps in ``epoch`` (the same for every epoch)."""
@@ -307,7 +270,7 @@ class EvalLoader(_Loader):
         self.num_images, self.size, self.views = hi - lo, input_size, views
         self.positions = T.view_positions(split.image_size, split.image_size, input_size, views)
         self.norm = T.build_normalizer(stats, data.normalize, input_size, self.device)
-        self._dataset = _EvalBatches(split, self.batches)
+        self._dataset = EvalBatches(split, self.batches)
 
     def __len__(self) -> int:
         return len(self.batches)

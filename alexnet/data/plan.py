@@ -1,15 +1,19 @@
 """Which images and which augmentation each training step gets: a pure function of
-(seed, epoch, step), whatever the number of processes (see ``loaders.py``)."""
+(seed, epoch, step), whatever the number of processes (see ``loaders.py``), and the datasets
+that DataLoader workers use to turn a step (or an evaluation batch) into uint8 crops."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Sampler
 
 from alexnet.data import transforms as T
+from alexnet.data.packed import PackedSplit
 
 _ORDER, _AUGMENT = 0, 1  # generator stream tags: the epoch order, a step's augmentation
 
@@ -77,3 +81,40 @@ class TrainPlan:
         """This rank's rows of the step's augmentation (drawn for the whole global batch)."""
         gen = generator(self.seed, _AUGMENT, epoch, step)
         return T.draw_params(gen, self.batch_size, **self.draw).slice(self.lo, self.hi)
+
+
+class StepKeys(Sampler):
+    """The keys the next pass of a DataLoader fetches; set before each ``iter(loader)``."""
+
+    def __init__(self) -> None:
+        self.keys: list = []
+
+    def __iter__(self) -> Iterator:
+        return iter(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class TrainSteps(Dataset):
+    """Item (epoch, step) -> uint8 crops, labels and augmentation of one rank's batch."""
+
+    def __init__(self, split: PackedSplit, plan: TrainPlan, size: int) -> None:
+        self.split, self.plan, self.size = split, plan, size
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+        idx, p = self.plan.indices(*key), self.plan.params(*key)
+        images = [self.split.image(i) for i in idx.tolist()]
+        crops = T.crop_flip(images, p.top, p.left, p.flip, self.size)
+        return crops, self.split.labels[idx], *p.astuple()
+
+
+class EvalBatches(Dataset):
+    """Item b -> the b-th batch of (uint8 (n, 3, S, S) images, labels) of a rank's shard."""
+
+    def __init__(self, split: PackedSplit, batches: list[range]) -> None:
+        self.split, self.batches = split, batches
+
+    def __getitem__(self, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = list(self.batches[b])
+        return torch.stack([self.split.image(i) for i in idx]), self.split.labels[idx]
