@@ -16,7 +16,7 @@ Schedules are pure functions (``plateau_step``, ``milestone_scale``) wrapped by 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from alexnet import paper
-from alexnet.config import OptimConfig, ScheduleConfig
+from alexnet.config import ALL_LAYERS, OptimConfig, ScheduleConfig
 from alexnet.errors import UserError
 
 EVENTS = ("improved", "wait", "drop", "stop")  # what plateau_step / LRSchedule.observe return
@@ -85,45 +85,63 @@ class PaperSGD(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Split the trainable parameters into a "weights" and a "biases" group.
+def layer_of(module_name: str) -> str:
+    """The learned layer (``conv1`` ... ``fc8``) a parameter's top-level module belongs to;
+    the two-device form's ``conv2a`` and ``conv2b`` are conv2's halves."""
+    top = module_name.split(".")[0]
+    return top[:-1] if top[-1:] in ("a", "b") and top[:-1] in ALL_LAYERS else top
+
+
+def param_groups(
+    model: nn.Module, cfg: OptimConfig, layer_lr_mult: Mapping[str, float] | None = None
+) -> list[dict[str, Any]]:
+    """Split the trainable parameters into "weights" and "biases" groups.
 
     Rule: a parameter is a bias when the attribute holding it on its own module is named
     exactly ``bias`` (``conv1.bias``, ``fc8.bias``); every other parameter is a weight, whatever
     its shape. No substring matching. Shared parameters are counted once; parameters with
-    ``requires_grad=False`` are left out. Empty groups are dropped.
+    ``requires_grad=False`` (frozen layers) are left out. Empty groups are dropped.
 
     Weights get ``lr_mult`` 1 and ``cfg.weight_decay`` (§5); biases get ``cfg.bias_lr_mult``
-    and ``cfg.bias_weight_decay`` (None = ``cfg.weight_decay``). Each group's ``lr`` is already
-    ``cfg.lr * lr_mult``.
+    and ``cfg.bias_weight_decay`` (None = ``cfg.weight_decay``). A layer named in
+    ``layer_lr_mult`` (fine-tuning, e.g. ``{"fc8": 10}``) gets its own groups, "weights x10" and
+    "biases x10", whose ``lr_mult`` is multiplied by its factor. Each group's ``lr`` is already
+    ``cfg.lr * lr_mult``; ``kind`` says "weights" or "biases".
     """
-    weights: list[nn.Parameter] = []
-    biases: list[nn.Parameter] = []
+    layer_lr_mult = layer_lr_mult or {}
+    found: dict[tuple[int, float], list[nn.Parameter]] = {}  # (0 weights / 1 biases, mult)
     seen: set[int] = set()
-    for module in model.modules():
+    for prefix, module in model.named_modules():
         for name, p in module.named_parameters(recurse=False):
             if id(p) in seen or not p.requires_grad:
                 continue
             seen.add(id(p))
-            (biases if name == "bias" else weights).append(p)
+            mult = float(layer_lr_mult.get(layer_of(prefix), 1.0))
+            found.setdefault((int(name == "bias"), mult), []).append(p)
     bias_decay = cfg.weight_decay if cfg.bias_weight_decay is None else cfg.bias_weight_decay
-    groups = [
-        {"name": "weights", "params": weights, "lr_mult": 1.0, "weight_decay": cfg.weight_decay},
-        {
-            "name": "biases",
-            "params": biases,
-            "lr_mult": cfg.bias_lr_mult,
-            "weight_decay": bias_decay,
-        },
-    ]
+    groups = []
+    for (is_bias, mult), params in sorted(found.items(), key=lambda item: item[0]):
+        kind = "biases" if is_bias else "weights"
+        groups.append(
+            {
+                "name": kind if mult == 1.0 else f"{kind} x{mult:g}",
+                "kind": kind,
+                "params": params,
+                "lr_mult": mult * (cfg.bias_lr_mult if is_bias else 1.0),
+                "weight_decay": bias_decay if is_bias else cfg.weight_decay,
+            }
+        )
     for g in groups:
         g["lr"] = cfg.lr * g["lr_mult"]
-    return [g for g in groups if g["params"]]
+    return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    """``PaperSGD`` for ``momentum_semantics="paper"``, ``torch.optim.SGD`` for "pytorch"."""
-    groups = param_groups(model, cfg)
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, layer_lr_mult: Mapping[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """``PaperSGD`` for ``momentum_semantics="paper"``, ``torch.optim.SGD`` for "pytorch";
+    ``layer_lr_mult`` as in ``param_groups``."""
+    groups = param_groups(model, cfg, layer_lr_mult)
     if not groups:
         raise ValueError("the model has no trainable parameters")
     if cfg.momentum_semantics == "paper":
@@ -131,10 +149,12 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every group's lr to ``lr * group["lr_mult"]`` (a group without ``lr_mult``: 1)."""
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, bias_lr: float | None = None) -> None:
+    """Set every group's lr to ``lr * group["lr_mult"]`` (a group without ``lr_mult``: 1);
+    with ``bias_lr`` (a schedule of their own), bias groups get ``bias_lr * lr_mult``."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_mult", 1.0)
+        base = bias_lr if bias_lr is not None and group.get("kind") == "biases" else lr
+        group["lr"] = base * group.get("lr_mult", 1.0)
 
 
 # --- schedules --------------------------------------------------------------------------------
@@ -206,6 +226,17 @@ class LRSchedule:
         if self.cfg.type == "plateau":
             return self.base_lr * self.cfg.factor**self.plateau.drops
         return self.base_lr * milestone_scale(epoch, self.cfg)
+
+    def bias_lr(self, epoch: int) -> float:
+        """The lr the biases' ``lr_mult`` multiplies: ``lr(epoch)`` unless the schedule gives
+        the biases cuts of their own (``bias_milestones``, ``bias_factor``; cuda-convnet2)."""
+        c = self.cfg
+        if c.type == "plateau" or (c.bias_milestones is None and c.bias_factor is None):
+            return self.lr(epoch)
+        milestones = c.milestones if c.bias_milestones is None else c.bias_milestones
+        factor = c.factor if c.bias_factor is None else c.bias_factor
+        own = replace(c, milestones=milestones, factor=factor)
+        return self.base_lr * milestone_scale(epoch, own)
 
     def observe(self, epoch: int, val_error: float) -> str:
         """Record epoch ``epoch``'s validation error; return the event (see ``plateau_step``).

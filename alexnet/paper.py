@@ -59,6 +59,12 @@ EPOCHS = 90  # §5: "roughly 90 cycles through the training set"
 INIT_WEIGHT_STD = 0.01  # §5: zero-mean Gaussian, standard deviation 0.01, every layer
 BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "fc6", "fc7")  # §5: biases 1; the rest 0
 
+# --- Ablations: how many points of error each feature saves (top-1, top-5; None = not stated) --
+ABLATION_LRN = (1.4, 1.2)  # §3.3: "reduces our top-1 and top-5 error rates by 1.4% and 1.2%"
+ABLATION_OVERLAPPING_POOL = (0.4, 0.3)  # §3.4: z=3, s=2 against z=s=2
+ABLATION_TWO_TOWERS = (1.7, 1.2)  # §3.2: against a one-GPU net with half the kernels (conv1-4)
+ABLATION_LIGHTING = (1.0, None)  # §4.1: "reduces the top-1 error rate by over 1%"
+
 # --- Fb.resnet.torch lighting constants (ImageNet, [0,1] scale), spec 5.2 -----------------
 FB_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
 FB_PCA_EIGVEC = (  # columns are the principal components; rows R, G, B
@@ -74,6 +80,14 @@ CC2_PCA_EIGVEC = (
     (-0.5920, 0.7012, 0.3973),
 )
 CC2_LIGHTING_RESCALE = 1.0 / 1.1  # CC2 convdata.py: noisy training images are scaled by 1/1.1
+# cuda-convnet2 layers-imagenet-2gpu-model.cfg cnorm2a/b (type rnorm), after LRN2; not in the
+# paper: b = a / (min_div + scale / size^2 * S)^pow, S = sum of a^2 over a size x size window
+# of the same map
+# (layer.py divides scale by size^2; conv_util.cu kCNorm: window centred, clipped at the border).
+CC2_SAME_MAP_SIZE = 5
+CC2_SAME_MAP_SCALE = 1e-3
+CC2_SAME_MAP_POW = 0.75
+CC2_SAME_MAP_MIN_DIV = 1.0  # layer.py: minDiv defaults to 1; the cfg does not set it
 
 # --- Counts the faithful configuration must reproduce ([derived], spec 1.3) -------------------
 PARAMETERS = 60_965_224

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from alexnet import atomic
+from alexnet import atomic, finetune
 from alexnet import checkpoint as ckpt
 from alexnet import runtime as runtime_lib
 from alexnet.config import Config, config_from_dict, dump_yaml, input_size, to_dict
@@ -143,14 +143,21 @@ def build_data(cfg: Config, rt: runtime_lib.Runtime) -> Data:
 
 
 def build_session(
-    cfg: Config, rt: runtime_lib.Runtime, data: Data, state: dict[str, Any] | None, progress: bool
+    cfg: Config,
+    rt: runtime_lib.Runtime,
+    data: Data,
+    state: dict[str, Any] | None,
+    progress: bool,
+    source: finetune.Source | None = None,
 ) -> Session:
-    """Model, optimiser, schedule and position: new, or restored from ``state``."""
+    """Model, optimiser, schedule and position: new (from ``source``'s weights when
+    fine-tuning), or restored from ``state``."""
     model = build_model(cfg.model)
     if state is not None:
         model.load_state_dict(state["model"])
+    finetune.prepare_model(model, cfg, source, rt.is_main)  # weights, frozen layers
     module = rt.wrap(model)
-    optimizer = build_optimizer(runtime_lib.unwrap(module), cfg.optim)
+    optimizer = build_optimizer(runtime_lib.unwrap(module), cfg.optim, cfg.finetune.lr_mult)
     schedule = LRSchedule(cfg.schedule, cfg.optim.lr)
     pos = Position()
     if state is not None:
@@ -187,6 +194,14 @@ def check_resumable(cfg: Config, state: dict[str, Any], path: Path) -> None:
         raise UserError(
             f"{path} was trained with a different model section; resume with its "
             f"config ({cfg.run.dir / 'config.yaml'}) or start a new run.dir"
+        )
+    if (stored.finetune.freeze, stored.finetune.lr_mult) != (
+        cfg.finetune.freeze,
+        cfg.finetune.lr_mult,
+    ):
+        raise UserError(
+            f"{path} was trained with other finetune.freeze or finetune.lr_mult settings (its "
+            "optimiser state is grouped by them); resume with the run's config.yaml"
         )
     if state["layout"] != _layout(cfg):
         raise UserError(

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from alexnet import checkpoint as ckpt
+from alexnet import finetune, session
 from alexnet import runtime as runtime_lib
-from alexnet import session
 from alexnet.config import Config, load_config
 from alexnet.engine import EpochPlan, Hooks, NonFiniteLoss, evaluate, train_one_epoch
 from alexnet.errors import UserError, report_user_errors
@@ -78,10 +78,11 @@ def _train(args: argparse.Namespace) -> int:
     if state is not None:
         session.check_resumable(cfg, state, resume)
     rt = runtime_lib.setup(cfg.parallel, cfg.runtime)
+    source = finetune.load_source(cfg, rt) if state is None else None  # before any folder
     torch.manual_seed(cfg.train.seed + rt.rank)
     session.prepare_run_dir(cfg, rt)
     data = session.build_data(cfg, rt)
-    s = session.build_session(cfg, rt, data, state, progress=not args.no_progress)
+    s = session.build_session(cfg, rt, data, state, not args.no_progress, source)
     if state is not None:
         info(f"resumed from {resume}: epoch {s.pos.epoch}, step {s.pos.step}", rt.is_main)
     _announce(s)
@@ -149,7 +150,7 @@ def _epochs(s: Session, hooks: Hooks) -> int:
     stall = _StallWatch(cfg)
     for epoch in range(pos.epoch, cfg.train.epochs):
         lr = s.schedule.lr(epoch)
-        set_lr(s.optimizer, lr)
+        set_lr(s.optimizer, lr, s.schedule.bias_lr(epoch))
         result, timing = _train_epoch(s, epoch, hooks)
         if pos.stop_signal:
             s.save(ckpt.LAST)

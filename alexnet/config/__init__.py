@@ -8,6 +8,7 @@ importable from ``alexnet.config``.
 from alexnet.config.checks import ConfigError
 from alexnet.config.loading import config_from_dict, dump_yaml, load_config, to_dict
 from alexnet.config.model import (
+    ALL_LAYERS,
     LAYERS,
     DropoutConfig,
     InitConfig,
@@ -20,6 +21,7 @@ from alexnet.config.sections import (
     Config,
     DataConfig,
     EvalConfig,
+    FinetuneConfig,
     OptimConfig,
     ParallelConfig,
     RunConfig,
@@ -29,6 +31,7 @@ from alexnet.config.sections import (
 )
 
 __all__ = [
+    "ALL_LAYERS",
     "LAYERS",
     "AugmentConfig",
     "Config",
@@ -36,6 +39,7 @@ __all__ = [
     "DataConfig",
     "DropoutConfig",
     "EvalConfig",
+    "FinetuneConfig",
     "InitConfig",
     "LRNConfig",
     "ModelConfig",

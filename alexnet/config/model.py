@@ -9,6 +9,8 @@ from alexnet import paper
 from alexnet.config.checks import positive, suggest
 
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
+# Every learned layer a config may name: the paper's eight and the optional conv6 (§6, 1 CNN*).
+ALL_LAYERS = (*LAYERS[:5], "conv6", *LAYERS[5:])
 frozen = dataclass(frozen=True, kw_only=True)
 
 
@@ -26,6 +28,9 @@ class LRNConfig:
     alpha_semantics: Literal["raw_sum", "divided_by_n"] = "raw_sum"
     per_tower: bool = True  # §3.2: each tower normalises its own 48 / 128 maps; False = Caffe
     conv1_position: Literal["after_relu", "before_relu"] = "after_relu"  # before: CC2 cfgs
+    # cuda-convnet2's 2-GPU cfg adds a same-map 5x5 response normalisation (cnorm2) after LRN2;
+    # not in the paper (paper.CC2_SAME_MAP_*)
+    same_map_norm: bool = False
 
     def problems(self) -> list[str]:
         out = positive(self, "k", "alpha", "beta")
@@ -58,8 +63,8 @@ class InitConfig:
         out = []
         for name, table in (("weight_std", self.weight_std), ("bias", self.bias)):
             for layer in table:
-                if layer not in LAYERS:
-                    out.append(f"{name}.{layer}: unknown layer{suggest(layer, LAYERS)}")
+                if layer not in ALL_LAYERS:
+                    out.append(f"{name}.{layer}: unknown layer{suggest(layer, ALL_LAYERS)}")
         out += [
             f"weight_std.{k}: must be > 0, got {v}" for k, v in self.weight_std.items() if v <= 0
         ]
@@ -80,6 +85,9 @@ class ModelConfig:
     lrn: LRNConfig = field(default_factory=LRNConfig)
     dropout: DropoutConfig = field(default_factory=DropoutConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    # §6 "1 CNN*": an extra sixth conv layer over the last pooling layer. The paper gives no
+    # shape; ours: 3x3, pad 1, as many maps as conv5, tower-local like conv4/5, ReLU, bias 1.
+    extra_conv6: bool = False
 
     def problems(self) -> list[str]:
         return (

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Literal
 
 from alexnet import paper
-from alexnet.config.checks import non_negative, positive
-from alexnet.config.model import ModelConfig
+from alexnet.config.checks import non_negative, positive, suggest
+from alexnet.config.model import ALL_LAYERS, ModelConfig
 
 frozen = dataclass(frozen=True, kw_only=True)
 
@@ -84,13 +84,24 @@ class ScheduleConfig:
     threshold: float = 1e-3  # an improvement smaller than this (absolute error) does not count
     max_drops: int = paper.LR_MAX_DROPS  # §5: three cuts, then training stops
     milestones: tuple[int, ...] = ()  # epochs, for type=milestones (torchvision: 30, 60)
+    # type=milestones only: the biases' own cuts (cuda-convnet2 cuts biases apart from weights);
+    # null = the biases follow the weights
+    bias_milestones: tuple[int, ...] | None = None
+    bias_factor: float | None = None  # null = factor
 
     def problems(self) -> list[str]:
         out = non_negative(self, "patience", "threshold", "max_drops")
-        if not 0.0 < self.factor < 1.0:
-            out.append(f"factor: must be in (0, 1), got {self.factor}")
-        if self.type == "milestones" and list(self.milestones) != sorted(set(self.milestones)):
-            out.append(f"milestones: must be strictly increasing, got {list(self.milestones)}")
+        for name in ("factor", "bias_factor"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value < 1.0:
+                out.append(f"{name}: must be in (0, 1), got {value}")
+        for name in ("milestones", "bias_milestones"):
+            value = list(getattr(self, name) or ())
+            if self.type == "milestones" and value != sorted(set(value)):
+                out.append(f"{name}: must be strictly increasing, got {value}")
+        own_bias = self.bias_milestones is not None or self.bias_factor is not None
+        if self.type != "milestones" and own_bias:
+            out.append("bias_milestones, bias_factor: only with type=milestones")
         return out
 
 
@@ -165,6 +176,34 @@ class RunConfig:
 
 
 @frozen
+class FinetuneConfig:
+    """Start from trained weights instead of §5's initialisation (§6: the "1 CNN*" entries were
+    pre-trained, then fine-tuned). Only the weights come from ``init_from``; the optimiser,
+    schedule and run folder are new. Layers whose shapes differ (fc8 for another class count)
+    keep ``model.init``'s initialisation and are listed in the log."""
+
+    # torchvision (its IMAGENET1K_V1 weights, downloaded once into the torch hub cache), a
+    # last.pt/best.pt written by alexnet.train, or a file holding a torchvision state dict
+    # (alexnet-owt-7be5be79.pth); null = train from scratch
+    init_from: str | None = None
+    freeze: tuple[str, ...] = ()  # layers kept fixed, e.g. [conv1, conv2, conv3, conv4, conv5]
+    lr_mult: dict[str, float] = field(default_factory=dict)  # per layer, e.g. {fc8: 10}
+
+    def problems(self) -> list[str]:
+        out = []
+        for where, names in (("freeze", self.freeze), ("lr_mult", self.lr_mult)):
+            for layer in names:
+                if layer not in ALL_LAYERS:
+                    hint = suggest(layer, ALL_LAYERS)
+                    out.append(f"{where}: unknown layer {layer!r}{hint}")
+        out += [f"lr_mult.{k}: must be > 0, got {v}" for k, v in self.lr_mult.items() if v <= 0]
+        out += [f"lr_mult.{k}: the layer is frozen" for k in self.lr_mult if k in self.freeze]
+        if self.init_from is not None and not self.init_from.strip():
+            out.append("init_from: empty; give torchvision, a checkpoint or null")
+        return out
+
+
+@frozen
 class Config:
     """The whole configuration. Each field is one top-level YAML section."""
 
@@ -178,9 +217,15 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def problems(self) -> list[str]:
         out = []
+        m, tune = self.model, self.finetune
+        if "conv6" in {*tune.freeze, *tune.lr_mult} and not m.extra_conv6:
+            out.append("finetune: conv6 exists only with model.extra_conv6: true")
+        if {n for n in ALL_LAYERS if n != "conv6" or m.extra_conv6} <= set(tune.freeze):
+            out.append("finetune.freeze: every layer is frozen, nothing would be trained")
         towers = self.parallel.mode == "two_device" or self.parallel.two_device_per_process
         if self.model.arch != "two_tower" and towers:
             out.append(
@@ -190,6 +235,11 @@ class Config:
         if towers and lrn.enabled and not lrn.per_tower:
             out.append(
                 "parallel.mode: two_device needs model.lrn.per_tower (towers do not talk at LRN)"
+            )
+        if towers and (m.extra_conv6 or m.lrn.same_map_norm):
+            out.append(
+                "parallel.mode: two_device does not build model.extra_conv6 or "
+                "model.lrn.same_map_norm; use parallel.mode=single (the same maths)"
             )
         if self.schedule.type == "milestones" and not self.schedule.milestones:
             out.append("schedule.milestones: type=milestones needs at least one epoch")

@@ -19,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from alexnet import paper
-from alexnet.config import LAYERS, InitConfig, LRNConfig, ModelConfig
+from alexnet.config import ALL_LAYERS, LAYERS, InitConfig, LRNConfig, ModelConfig
 from alexnet.model.layers import PaperDropout, PaperLRN
+from alexnet.model.variants import SameMapNorm
 
 # Conv widths per arch. one_tower: §3.2 footnote 2, half the kernels except in conv5.
 # owt: torchvision / cuda-convnet2 layers-imagenet-1gpu.cfg ("one weird trick"), comparison only.
@@ -34,10 +35,12 @@ FEATURE_LAYERS = ("pool5", "fc6", "fc7", "fc8")  # what ``AlexNet.forward_to`` c
 
 
 def _init_table(std: dict[str, float], hidden_bias: float) -> dict[str, tuple[float, float]]:
-    """layer: (weight std, bias); std 0.01 unless given, hidden_bias in §5's bias-1 layers."""
+    """layer: (weight std, bias); std 0.01 unless given, hidden_bias in §5's bias-1 layers
+    (and in the optional conv6, a tower-local conv like conv4 and conv5)."""
+    hidden = (*paper.BIAS_ONE_LAYERS, "conv6")
     return {
-        n: (std.get(n, paper.INIT_WEIGHT_STD), hidden_bias if n in paper.BIAS_ONE_LAYERS else 0.0)
-        for n in LAYERS
+        n: (std.get(n, paper.INIT_WEIGHT_STD), hidden_bias if n in hidden else 0.0)
+        for n in ALL_LAYERS
     }
 
 
@@ -98,11 +101,15 @@ class AlexNet(nn.Module):
         self.pool1 = build_pool(cfg.pooling)
         self.conv2 = nn.Conv2d(w1, w2, k2, padding=p2, groups=g["conv2"])
         self.lrn2 = build_lrn(cfg.lrn, lrn_groups)
+        if cfg.lrn.same_map_norm:  # cuda-convnet2's cnorm2 after LRN2 (not in the paper)
+            self.norm2 = SameMapNorm()
         self.pool2 = build_pool(cfg.pooling)
         self.conv3 = nn.Conv2d(w2, w3, k3, padding=p3, groups=g["conv3"])
         self.conv4 = nn.Conv2d(w3, w4, k4, padding=p4, groups=g["conv4"])
         self.conv5 = nn.Conv2d(w4, w5, k5, padding=p5, groups=g["conv5"])
         self.pool5 = build_pool(cfg.pooling)
+        if cfg.extra_conv6:  # §6 "1 CNN*": a conv layer over pool5; its shape is our choice
+            self.conv6 = nn.Conv2d(w5, w5, k5, padding=p5, groups=g["conv5"])
         self.fc6 = nn.Linear(w5 * POOL5_SIDE**2, paper.FC_WIDTHS[0])
         self.fc7 = nn.Linear(paper.FC_WIDTHS[0], paper.FC_WIDTHS[1])
         self.fc8 = nn.Linear(paper.FC_WIDTHS[1], cfg.num_classes)
@@ -126,13 +133,16 @@ class AlexNet(nn.Module):
             x = self.pool1(self.lrn1(self.act(x)))  # (N, 96, 27, 27)
         else:
             x = self.pool1(self.act(self.lrn1(x)))
-        x = self.pool2(self.lrn2(self.act(self.conv2(x))))  # (N, 256, 13, 13)
+        x = self.lrn2(self.act(self.conv2(x)))  # (N, 256, 27, 27)
+        x = self.pool2(self.norm2(x) if self.cfg.lrn.same_map_norm else x)  # (N, 256, 13, 13)
         x = self.act(self.conv3(x))  # (N, 384, 13, 13)
         x = self.act(self.conv4(x))  # (N, 384, 13, 13)
         x = self.pool5(self.act(self.conv5(x)))  # (N, 256, 6, 6)
-        x = torch.flatten(x, 1)  # (N, 9216), channel-major: tower A's 128 maps first
         if layer == "pool5":
-            return x
+            return torch.flatten(x, 1)  # (N, 9216), channel-major: tower A's 128 maps first
+        if self.cfg.extra_conv6:
+            x = self.act(self.conv6(x))  # (N, 256, 6, 6)
+        x = torch.flatten(x, 1)  # (N, 9216)
         inputs = self.cfg.dropout.placement == "inputs"  # torchvision drops the fc inputs
         for name, fc, drop in (("fc6", self.fc6, self.drop6), ("fc7", self.fc7, self.drop7)):
             x = self.act(fc(drop(x) if inputs else x))  # (N, 4096)
@@ -143,10 +153,12 @@ class AlexNet(nn.Module):
 
 
 def init_weights(model: nn.Module, cfg: InitConfig) -> None:
-    """Initialise conv1..fc8 from the preset's table, then apply the per-layer overrides."""
+    """Initialise conv1..fc8 (and conv6) from the preset's table, then the per-layer overrides."""
     table = INIT_PRESETS[cfg.preset]
-    for name in LAYERS:
-        layer = getattr(model, name)
+    for name in ALL_LAYERS:
+        layer = getattr(model, name, None)
+        if layer is None:  # conv6 without model.extra_conv6
+            continue
         std, bias = table.get(name, (None, None))
         std, bias = cfg.weight_std.get(name, std), cfg.bias.get(name, bias)
         if std is not None:

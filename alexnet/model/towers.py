@@ -128,8 +128,14 @@ class TwoDeviceAlexNet(nn.Module):
 
     @classmethod
     def from_model(cls, model: AlexNet, devices: Sequence[str | torch.device]) -> TwoDeviceAlexNet:
-        """The two-device form of a single-device ``AlexNet`` (same config and weights)."""
-        return cls(model.cfg, devices, state_dict=model.state_dict())
+        """The two-device form of a single-device ``AlexNet`` (same config and weights, and
+        the same frozen parameters: ``requires_grad`` is carried to both halves)."""
+        towers = cls(model.cfg, devices, state_dict=model.state_dict())
+        for name, p in towers.named_parameters():  # conv2a.weight -> conv2.weight
+            layer, _, kind = name.partition(".")
+            canonical = layer[:-1] if layer[:-1] in SPLIT_LAYERS else layer
+            p.requires_grad_(model.get_parameter(f"{canonical}.{kind}").requires_grad)
+        return towers
 
     @classmethod
     def from_state_dict(
