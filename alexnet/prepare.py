@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="jpeg (default, 4:4:4) or raw uint8 pixels (4-6x larger, no decoding)",
     )
     p.add_argument(
+        "--resize",
+        choices=("shorter_side", "warp"),
+        default="shorter_side",
+        help="shorter_side (default, paper §2: shorter side to 256, central 256x256) or warp "
+        "(Caffe: the whole image to 256x256, aspect ratio ignored)",
+    )
+    p.add_argument(
         "--quality", type=int, default=95, metavar="Q", help="JPEG quality (default 95, as CC2)"
     )
     p.add_argument(
@@ -125,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
     wnids = all(WNID.fullmatch(c) for c in plan.classes)
     imagenet = len(plan.classes) == paper.NUM_CLASSES and wnids and not args.limit_per_class
     expect = args.expect == "imagenet" or (args.expect == "auto" and imagenet)
-    settings = Settings(args.encoding, args.quality)
+    settings = Settings(args.encoding, args.quality, resize=args.resize)
     report = prepare(plan, args.out, settings, args.workers, args.unit_size, expect)
     print_summary(args.out, report, settings, time.perf_counter() - start)
     return 0

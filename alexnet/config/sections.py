@@ -29,6 +29,11 @@ class DataConfig:
     # mean_image: §2 per-pixel mean of the 256x256 training images, cropped with the image.
     # mean_image_center: CC2 subtracts the central crop of the mean. channel_mean_std: torchvision.
     normalize: Literal["mean_image", "mean_image_center", "channel_mean_std"] = "mean_image"
+    channel_order: Literal["rgb", "bgr"] = "rgb"  # §2 raw RGB; bgr: Caffe (OpenCV) order
+    # How the prepared images were made (checked against its meta.json): shorter_side = §2
+    # (shorter side 256, central 256x256); warp = Caffe (whole image to 256x256, aspect ignored,
+    # `python -m alexnet.prepare --resize warp`).
+    resize: Literal["shorter_side", "warp"] = "shorter_side"
 
     def problems(self) -> list[str]:
         if self.workers is not None and self.workers < 0:
@@ -41,6 +46,9 @@ class AugmentConfig:
     """Training augmentation (§4.1)."""
 
     random_crop: bool = True  # random 224 patches at offsets 0..32; False = centre crop
+    # torchvision: RandomResizedCrop (area 8-100 %, aspect 3/4-4/3) of the stored 256x256
+    # image, resized to the input size; replaces random_crop when true
+    random_resized_crop: bool = False
     flip: bool = True  # horizontal reflection with p = 1/2
     # eigenvalue: the paper's alpha * lambda with lambda on a [0,1] pixel scale (fb.resnet);
     # sqrt_eigenvalue: CC2's alpha * sqrt(lambda) on 0-255 with the 1/1.1 rescale; off: none.

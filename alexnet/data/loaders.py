@@ -58,6 +58,12 @@ class _Loader:
     ) -> None:
         if not 0 <= rank < world_size:
             raise UserError(f"rank {rank} is outside a world of {world_size} processes")
+        if split.resize != data_cfg.resize:
+            raise UserError(
+                f"{split.root} holds images prepared with --resize {split.resize} but "
+                f"data.resize is {data_cfg.resize}: prepare the set again with "
+                f"`python -m alexnet.prepare SOURCE OUT --resize {data_cfg.resize}`"
+            )
         self.split, self.cfg, self.device = split, data_cfg, torch.device(device)
         self.timing = Timing()
         self._dataset: Dataset | None = None  # what the cpu path's workers read
@@ -195,6 +201,7 @@ class TrainLoader(_Loader):
             random_crop=aug.random_crop,
             flip=aug.flip,
             alpha_std=aug.lighting_alpha_std,
+            resized_crop=aug.random_resized_crop,
         )
         steps = steps_per_epoch or len(split) // batch_size
         self.size = input_size
@@ -206,6 +213,7 @@ class TrainLoader(_Loader):
             self.device,
             lighting=aug.lighting,
             lighting_constants=aug.lighting_constants,
+            channel_order=data.channel_order,
         )
         self._dataset = TrainSteps(split, self.plan, input_size)
 
@@ -236,7 +244,8 @@ class TrainLoader(_Loader):
             return *self._read(idx), self.plan.params(epoch, step)
 
         for data, labels, p in self._read_ahead(list(steps), read):
-            crops = T.crop_flip(self._decode(data), p.top, p.left, p.flip, self.size)
+            images = self._decode(data)
+            crops = T.crop_flip(images, p.top, p.left, p.flip, self.size, p.height, p.width)
             yield T.finish(crops, p, self.norm), self._to_device(labels)
 
 
@@ -269,7 +278,9 @@ class EvalLoader(_Loader):
         self.batches = [range(i, min(i + batch_size, hi)) for i in range(lo, hi, batch_size)]
         self.num_images, self.size, self.views = hi - lo, input_size, views
         self.positions = T.view_positions(split.image_size, split.image_size, input_size, views)
-        self.norm = T.build_normalizer(stats, data.normalize, input_size, self.device)
+        self.norm = T.build_normalizer(
+            stats, data.normalize, input_size, self.device, channel_order=data.channel_order
+        )
         self._dataset = EvalBatches(split, self.batches)
 
     def __len__(self) -> int:

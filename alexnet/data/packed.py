@@ -112,6 +112,7 @@ class PackedSplit:
         self.classes: list[str] = list(meta["classes"])
         self.encoding: str = meta["encoding"]
         self.image_size: int = int(meta["image_size"])
+        self.resize: str = meta.get("resize", "shorter_side")  # or warp (Caffe); older: §2
         self.shard_paths = [self.root / s for s in meta["splits"][split]["shards"]]
         self.index = np.load(self.root / split / "index.npy")
         if self.index.shape != (meta["splits"][split]["count"], INDEX_COLUMNS):

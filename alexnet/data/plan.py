@@ -105,7 +105,7 @@ class TrainSteps(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
         idx, p = self.plan.indices(*key), self.plan.params(*key)
         images = [self.split.image(i) for i in idx.tolist()]
-        crops = T.crop_flip(images, p.top, p.left, p.flip, self.size)
+        crops = T.crop_flip(images, p.top, p.left, p.flip, self.size, p.height, p.width)
         return crops, self.split.labels[idx], *p.astuple()
 
 

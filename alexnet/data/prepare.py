@@ -130,6 +130,7 @@ def finalize(
     meta = {"format": packed.FORMAT, "version": packed.VERSION, "encoding": settings.encoding}
     meta.update(image_size=s, classes=plan.classes, splits=splits)
     meta["jpeg_quality"] = settings.quality if settings.encoding == "jpeg" else None
+    meta["resize"] = settings.resize  # shorter_side (§2) or warp (Caffe)
     atomic.write_json(out / "meta.json", meta)
     return report
 

@@ -33,6 +33,9 @@ LightingConstants = Literal["dataset", "fb", "cuda_convnet2"]
 # torchvision's ImageNet normalisation on the [0,1] scale; not a paper constant (spec §5.1, TV)
 TV_MEAN = (0.485, 0.456, 0.406)
 TV_STD = (0.229, 0.224, 0.225)
+# torchvision's RandomResizedCrop defaults: area fraction and aspect ratio (w / h) of the box
+TV_RRC_SCALE = (0.08, 1.0)
+TV_RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class AugmentParams:
     left: torch.Tensor  # (n,) int64 crop offset from the left
     flip: torch.Tensor  # (n,) bool, horizontal reflection
     alpha: torch.Tensor  # (n, 3) float32 lighting coefficients, alpha_i ~ N(0, std)
+    height: torch.Tensor | None = None  # (n,) int64 box size, resized to the crop size
+    width: torch.Tensor | None = None  # (RandomResizedCrop); None = boxes of the crop size
 
     def __len__(self) -> int:
         return len(self.top)
@@ -52,7 +57,8 @@ class AugmentParams:
         return AugmentParams(*(t[start:stop] for t in self.astuple()))
 
     def astuple(self) -> tuple[torch.Tensor, ...]:
-        return self.top, self.left, self.flip, self.alpha
+        boxes = () if self.height is None else (self.height, self.width)
+        return self.top, self.left, self.flip, self.alpha, *boxes
 
 
 def draw_params(
@@ -64,12 +70,15 @@ def draw_params(
     random_crop: bool = True,
     flip: bool = True,
     alpha_std: float = paper.PCA_ALPHA_STD,
+    resized_crop: bool = False,
 ) -> AugmentParams:
     """Offsets uniform on 0..image_size-size, both ends included (33x33 positions for
     256 -> 224), flips with p = 1/2 and three lighting alphas per image (§4.1).
 
-    The draws are made in a fixed order whatever is switched off, so disabling one
-    augmentation leaves the others' values unchanged. ``generator`` is a CPU generator.
+    ``resized_crop`` replaces the offsets by torchvision's RandomResizedCrop boxes
+    (``resized_crop_boxes``), drawn after everything else. The draws are made in a fixed order
+    whatever is switched off, so disabling one augmentation leaves the others' values
+    unchanged. ``generator`` is a CPU generator.
     """
     if size > image_size:
         raise UserError(f"crop size {size} is larger than the stored images ({image_size})")
@@ -83,7 +92,40 @@ def draw_params(
         top, left = torch.full_like(top, centre_top), torch.full_like(left, centre_left)
     if not flip:
         flips = torch.zeros_like(flips)
+    if resized_crop:
+        top, left, height, width = resized_crop_boxes(generator, n, image_size)
+        return AugmentParams(top, left, flips, alpha, height, width)
     return AugmentParams(top, left, flips, alpha)
+
+
+def resized_crop_boxes(
+    generator: torch.Generator,
+    n: int,
+    image_size: int,
+    scale: tuple[float, float] = TV_RRC_SCALE,
+    ratio: tuple[float, float] = TV_RRC_RATIO,
+) -> tuple[torch.Tensor, ...]:
+    """``torchvision.transforms.v2.RandomResizedCrop.get_params`` for ``n`` square images, with
+    a generator: up to ten tries of (area fraction ~ U(scale), log aspect ~ U(log ratio)); the
+    first box that fits is placed uniformly; none fits: the whole image (a square image's own
+    ratio, 1, lies inside ``ratio``). Returns (top, left, height, width), each (n,) int64.
+    """
+    side, tries = image_size, 10
+    area = side * side * torch.empty(n, tries).uniform_(*scale, generator=generator)
+    log_ratio = torch.empty(n, tries).uniform_(*np.log(ratio).tolist(), generator=generator)
+    aspect = torch.exp(log_ratio)
+    w = torch.round(torch.sqrt(area * aspect)).long()
+    h = torch.round(torch.sqrt(area / aspect)).long()
+    fits = (w > 0) & (w <= side) & (h > 0) & (h <= side)
+    first = fits.float().argmax(1)  # the first try that fits (0 if none)
+    ok = fits.any(1)
+    rows = torch.arange(n)
+    h = torch.where(ok, h[rows, first], side)
+    w = torch.where(ok, w[rows, first], side)
+    u = torch.rand(n, 2, generator=generator)
+    top = (u[:, 0] * (side - h + 1)).long()
+    left = (u[:, 1] * (side - w + 1)).long()
+    return top, left, h, w
 
 
 def crop_flip(
@@ -92,12 +134,16 @@ def crop_flip(
     left: torch.Tensor,
     flip: torch.Tensor,
     size: int,
+    height: torch.Tensor | None = None,
+    width: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-image ``size`` x ``size`` crops at (top, left), mirrored where ``flip``.
 
     Args:
         images: (N, C, H, W), or a sequence of N (C, H, W) tensors (e.g. fresh decodes).
         top, left, flip: (N,) CPU tensors.
+        height, width: (N,) box sizes for RandomResizedCrop: each box is resized to ``size``
+            (bilinear, antialiased, as torchvision) before the flip; None = ``size``.
 
     Returns:
         (N, C, size, size), with the dtype and device of the images.
@@ -105,9 +151,15 @@ def crop_flip(
     # A view per image and one stack: on CPU ~15x faster than one advanced-indexing gather
     # over the batch (measured, 128 x 3 x 256^2 uint8); on a GPU one copy plus the flips.
     views = []
-    rows = zip(top.tolist(), left.tolist(), flip.tolist(), strict=True)
-    for i, (y, x, mirrored) in enumerate(rows):
-        patch = images[i][..., y : y + size, x : x + size]
+    heights = [size] * len(top) if height is None else height.tolist()
+    widths = [size] * len(top) if width is None else width.tolist()
+    rows = zip(top.tolist(), left.tolist(), flip.tolist(), heights, widths, strict=True)
+    for i, (y, x, mirrored, h, w) in enumerate(rows):
+        patch = images[i][..., y : y + h, x : x + w]
+        if (h, w) != (size, size):
+            from torchvision.transforms.v2.functional import resize
+
+            patch = resize(patch, [size, size], antialias=True)
         views.append(patch.flip(-1) if mirrored else patch)
     return torch.stack(views)
 
@@ -166,6 +218,7 @@ class Normalizer:
     channel_std: torch.Tensor | None  # (3,)
     basis: torch.Tensor | None  # (3, 3): lighting shift_255 = basis @ alpha; None = off
     rescale: float  # a lit training image is multiplied by this (CC2: 1/1.1)
+    bgr: bool = False  # hand the network BGR channels (Caffe); the maths above stays RGB
 
 
 def lighting_eigen(stats: Stats | None, constants: LightingConstants) -> tuple[np.ndarray, ...]:
@@ -198,6 +251,7 @@ def build_normalizer(
     *,
     lighting: Lighting = "off",
     lighting_constants: LightingConstants = "dataset",
+    channel_order: Literal["rgb", "bgr"] = "rgb",
 ) -> Normalizer:
     """Put the mean image or channel statistics and the lighting basis on ``device``."""
     mean = channel_mean = channel_std = basis = None
@@ -217,7 +271,8 @@ def build_normalizer(
         b = lighting_basis(*lighting_eigen(stats, lighting_constants), lighting)
         basis = torch.as_tensor(b, dtype=torch.float32, device=device)
     rescale = paper.CC2_LIGHTING_RESCALE if lighting == "sqrt_eigenvalue" else 1.0
-    return Normalizer(normalize, size, mean, channel_mean, channel_std, basis, rescale)
+    bgr = channel_order == "bgr"
+    return Normalizer(normalize, size, mean, channel_mean, channel_std, basis, rescale, bgr)
 
 
 def _normalize(x: torch.Tensor, mean_crops: torch.Tensor | None, norm: Normalizer) -> torch.Tensor:
@@ -244,7 +299,8 @@ def finish(crops: torch.Tensor, params: AugmentParams, norm: Normalizer) -> torc
     mean_crops = None
     if norm.mode == "mean_image":
         means = norm.mean.expand(len(x), -1, -1, -1)
-        mean_crops = crop_flip(means, params.top, params.left, params.flip, norm.size)
+        p = params
+        mean_crops = crop_flip(means, p.top, p.left, p.flip, norm.size, p.height, p.width)
     elif norm.mode == "mean_image_center":
         mean_crops = _central_mean(norm)
     x = _normalize(x, mean_crops, norm)
@@ -255,7 +311,7 @@ def finish(crops: torch.Tensor, params: AugmentParams, norm: Normalizer) -> torc
         x.add_(shift[:, :, None, None])
         if norm.rescale != 1.0:
             x.mul_(norm.rescale)
-    return x
+    return x.flip(-3) if norm.bgr else x
 
 
 def finish_views(
@@ -271,4 +327,5 @@ def finish_views(
         mean_crops = crop_views(norm.mean[None], positions, norm.size)[0]  # (V, 3, s, s)
     elif norm.mode == "mean_image_center":
         mean_crops = _central_mean(norm)
-    return _normalize(x, mean_crops, norm)
+    x = _normalize(x, mean_crops, norm)
+    return x.flip(-3) if norm.bgr else x

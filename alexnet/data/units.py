@@ -34,6 +34,7 @@ class Settings:
     encoding: str = "jpeg"  # "jpeg" or "raw" (uint8 HWC)
     quality: int = 95  # JPEG quality, 4:4:4 chroma
     size: int = paper.STORED_SIZE  # §2: 256
+    resize: str = "shorter_side"  # §2; "warp": Caffe's whole image to size x size
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,10 @@ class Unit:
 
     def signature(self, settings: Settings) -> str:
         names = [item.name for item in self.items]
-        return json.dumps([packed.VERSION, settings.__dict__, self.label, names])
+        stored = dict(settings.__dict__)
+        if stored["resize"] == "shorter_side":  # as before the option existed: units prepared
+            del stored["resize"]  # then still count as finished
+        return json.dumps([packed.VERSION, stored, self.label, names])
 
 
 def make_units(plan: Plan, unit_size: int) -> list[Unit]:
@@ -91,6 +95,14 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return image.crop((left, top, left + size, top + size))
 
 
+def resize_stored(image: Image.Image, settings: Settings) -> Image.Image:
+    """The stored square image: §2's shorter side + central crop, or Caffe's warp (the whole
+    image resized to size x size, aspect ratio ignored; bicubic as above)."""
+    if settings.resize == "warp":
+        return image.resize((settings.size, settings.size), Image.Resampling.BICUBIC)
+    return resize_center_crop(image, settings.size)
+
+
 def encode(image: Image.Image, settings: Settings) -> tuple[bytes, np.ndarray]:
     """The stored bytes and the (S, S, 3) uint8 pixels a reader will decode from them."""
     if settings.encoding == "raw":
@@ -127,7 +139,7 @@ def run_unit(job: tuple[Path, Path, Unit, Settings]) -> int:
             except Exception as err:  # noqa: BLE001 - any decoder failure skips the file
                 skipped.append({"file": item.name, "reason": _skip_reason(root / item.name, err)})
                 continue
-            data, pixels = encode(resize_center_crop(image, s), settings)
+            data, pixels = encode(resize_stored(image, settings), settings)
             f.write(data)
             lengths.append(len(data))
             names.append(item.name)
