@@ -26,6 +26,7 @@ EXAMPLES = """examples:
   python -m alexnet.prepare /data/imagenet data/ilsvrc2012 \\
       --val-labels ILSVRC2012_validation_ground_truth.txt --id-map map_clsloc.txt
   python -m alexnet.prepare /data/kaggle data/ilsvrc2012 --val-labels LOC_val_solution.csv
+  python -m alexnet.prepare /data/imagenet data/ilsvrc2012 --class-words synset_words.txt
   python -m alexnet.prepare ../shared/data/scene15 data/scene15 --limit-per-class 20
   python -m alexnet.synthetic data/syn-src && python -m alexnet.prepare data/syn-src data/syn
 
@@ -62,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="class order of Caffe val.txt indices (synset_words.txt); "
         "default: sorted train folders",
+    )
+    p.add_argument(
+        "--class-words",
+        type=Path,
+        metavar="FILE",
+        help="class names in words for figures: synset_words.txt (`wnid words`) or "
+        "map_clsloc.txt; default: --class-list or such a file in SOURCE, else folder names",
     )
     p.add_argument(
         "--encoding",
@@ -127,7 +135,12 @@ def _run(args: argparse.Namespace) -> int:
         raise UserError(f"--quality must be between 1 and 100, got {args.quality}")
     start = time.perf_counter()
     plan = find_sources(
-        args.source, args.val_labels, args.id_map, args.class_list, args.limit_per_class
+        args.source,
+        args.val_labels,
+        args.id_map,
+        args.class_list,
+        args.limit_per_class,
+        class_words=args.class_words,
     )
     wnids = all(WNID.fullmatch(c) for c in plan.classes)
     imagenet = len(plan.classes) == paper.NUM_CLASSES and wnids and not args.limit_per_class
@@ -155,6 +168,7 @@ def print_summary(out: Path, report: dict[str, Any], settings: Settings, seconds
         f"{eig[0]:.1f} {eig[1]:.1f} {eig[2]:.1f} (0-255 scale)"
     )
     print(f"validation labels: {report['val_labels']}; details in {out / 'report.json'}")
+    print(f"class names: {report['class_names']}")
     warn = []
     warn += [f"skipped {s['file']}: {s['reason']}" for s in report["skipped"][:5]]
     more = len(report["skipped"]) - 5

@@ -87,6 +87,7 @@ class Session:
                 "world_size": self.rt.world_size,
                 "data_stats": _stats_payload(self.data.stats),
                 "classes": self.data.classes,
+                "class_names": self.data.val.split.class_names,  # in words, for figures
             },
         )
 

@@ -4,6 +4,7 @@ Layout of a prepared folder (written by ``alexnet.prepare``, read by the loaders
 
     meta.json            {"format": "alexnet-packed", "version": 1, "encoding": "jpeg" | "raw",
                           "image_size": 256, "classes": [wnid, ...],
+                          "class_names": [words, ...] (optional: older sets lack it),
                           "splits": {"train": {"count": N, "shards": ["train/x.bin", ...]}, ...}}
     <split>/index.npy    int64 (N, 4): shard number, byte offset, byte length, label
     <split>/*.bin        shards: concatenated JPEG files (encoding jpeg, RGB, 4:4:4) or raw
@@ -110,6 +111,8 @@ class PackedSplit:
             raise UserError(f"{self.root} has no split {split!r} (it has: {have})")
         self.split = split
         self.classes: list[str] = list(meta["classes"])
+        # names in words ("tench, Tinca tinca"); sets prepared before they were stored: the ids
+        self.class_names: list[str] = list(meta.get("class_names") or self.classes)
         self.encoding: str = meta["encoding"]
         self.image_size: int = int(meta["image_size"])
         self.resize: str = meta.get("resize", "shorter_side")  # or warp (Caffe); older: §2

@@ -82,6 +82,7 @@ def finalize(
     """Write index.npy per split, stats.npz, report.json and, last, meta.json."""
     s = settings.size
     report: dict[str, Any] = {"source": str(plan.root), "val_labels": plan.val_source}
+    report["class_names"] = plan.names_source
     report.update(counts={}, count_check={}, converted=[], skipped=[], warnings=[])
     report.update(missing_classes={}, unknown_class_files=plan.unknown)
     report["not_regular_files"] = plan.irregular
@@ -129,6 +130,7 @@ def finalize(
     atomic.write_json(out / "report.json", report)
     meta = {"format": packed.FORMAT, "version": packed.VERSION, "encoding": settings.encoding}
     meta.update(image_size=s, classes=plan.classes, splits=splits)
+    meta["class_names"] = plan.class_names or plan.classes  # in words (sources.py)
     meta["jpeg_quality"] = settings.quality if settings.encoding == "jpeg" else None
     meta["resize"] = settings.resize  # shorter_side (§2) or warp (Caffe)
     atomic.write_json(out / "meta.json", meta)

@@ -16,6 +16,10 @@ Labels are indices into the sorted class folder names of train/ (ImageNet: 0 = n
 devkit's IDs are *not* in that order (ID 1 = n02119789, spec §7.3), so they go ID -> wnid -> index.
 Label files are recognised by their content; when not passed they are looked for by their usual
 names in SOURCE, SOURCE/val and a devkit data/ folder.
+
+Class names in words come from a ``synset_words.txt`` / ``LOC_synset_mapping.txt`` (``wnid words``)
+or ``map_clsloc.txt`` (``wnid ID name``) file, passed or found in SOURCE or a devkit data/ folder;
+a class the file does not name (and every class of a set without one) is called by its folder name.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ LABEL_FILE_PATTERNS = (  # searched in this order when --val-labels is not given
 )
 ID_MAP_PATTERNS = ("map_clsloc*.txt", "*id_wnid*.txt")
 CLASS_LIST_PATTERNS = ("synset_words.txt", "LOC_synset_mapping.txt")
+CLASS_WORDS_PATTERNS = CLASS_LIST_PATTERNS + ID_MAP_PATTERNS  # searched for the names in words
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,8 @@ class Plan:
     irregular: list[str] = field(default_factory=list)  # entries that are not regular files
     val_source: str = "none"  # how the validation labels were found
     label_files: list[Path] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)  # in words, in class order
+    names_source: str = "folder names"  # the file the names in words came from
 
     def count(self, split: str) -> int:
         return sum(item.split == split for item in self.items)
@@ -127,6 +134,24 @@ def read_id_map(path: Path) -> dict[int, str]:
 def read_class_list(path: Path) -> list[str]:
     """Class names in index order: the first token of each line (synset_words.txt style)."""
     return [line.split()[0] for _, line in _lines(path)]
+
+
+def read_class_words(path: Path) -> dict[str, str]:
+    """Class folder -> name in words, from ``wnid words`` or ``wnid ID name`` lines.
+
+    ``synset_words.txt`` / ``LOC_synset_mapping.txt`` lines give the words after the wnid
+    ("tench, Tinca tinca"); ``map_clsloc.txt`` lines give a short name ("kit_fox" -> "kit fox").
+    """
+    words: dict[str, str] = {}
+    for number, line in _lines(path):
+        parts = line.split(maxsplit=2)
+        if len(parts) < 2:
+            raise UserError(f"{path}:{number}: expected `class words...`, got {line!r}")
+        if len(parts) == 3 and parts[1].isdigit() and " " not in parts[2]:  # map_clsloc
+            words[parts[0]] = parts[2].replace("_", " ")
+        else:
+            words[parts[0]] = line.split(maxsplit=1)[1]
+    return words
 
 
 def read_label_file(path: Path) -> LabelFile:
@@ -211,6 +236,7 @@ def find_sources(
     id_map: Path | None = None,
     class_list: Path | None = None,
     limit_per_class: int | None = None,
+    class_words: Path | None = None,
 ) -> Plan:
     """Plan the preparation of ``src``: every (split, label, file), sorted, plus what is odd.
 
@@ -220,6 +246,8 @@ def find_sources(
         id_map: ID -> wnid table for devkit ground truth (map_clsloc.txt form).
         class_list: the class order Caffe's val.txt indices refer to (default: sorted train/).
         limit_per_class: keep only the first N files (by name) of each class and split.
+        class_words: the classes' names in words (default: ``class_list`` or a file found in
+            SOURCE, see the module docstring; else the folder names).
     """
     root = find_root(Path(src))
     train, loose, irregular = _scan(root / "train", "train")
@@ -229,6 +257,7 @@ def find_sources(
         raise UserError(f"{root / 'train'} has no class folders{hint}")
     classes = sorted(train)
     plan = Plan(root=root, classes=classes, items=[], irregular=irregular)
+    _name_classes(plan, Path(src), class_words or class_list)
     plan.unknown += [f"train/{n}: not inside a class folder" for n in loose]
     per_split = {"train": {c: train[c] for c in classes}}
     val_dir = next((root / n for n in VAL_FOLDERS if (root / n).is_dir()), None)
@@ -250,6 +279,16 @@ def find_sources(
             files = by_class[c][:limit_per_class] if limit_per_class else by_class[c]
             plan.items += [Item(split, label, name) for name in files]
     return plan
+
+
+def _name_classes(plan: Plan, src: Path, words_path: Path | None) -> None:
+    """Fill ``plan.class_names`` from a words file (given or found), else the folder names."""
+    folders = [src, plan.root, src / "devkit" / "data", *sorted(src.glob("*devkit*/data"))]
+    words_path = words_path or _discover(folders, CLASS_WORDS_PATTERNS)
+    words = read_class_words(Path(words_path)) if words_path else {}
+    plan.class_names = [words.get(c, c) for c in plan.classes]
+    if words_path and any(c in words for c in plan.classes):
+        plan.names_source = str(words_path)
 
 
 def _flat_val(
