@@ -25,6 +25,7 @@ from alexnet import runtime as runtime_lib
 from alexnet.config import Config, load_config
 from alexnet.engine import EpochPlan, Hooks, NonFiniteLoss, evaluate, train_one_epoch
 from alexnet.errors import UserError, report_user_errors
+from alexnet.figures import board
 from alexnet.log import info
 from alexnet.optim import set_lr
 from alexnet.session import Position, Session
@@ -223,6 +224,7 @@ def _record_epoch(s: Session, epoch: int, row: dict[str, float], event: str) -> 
     s.log.scalars("epoch", pos.global_step, row, epoch=epoch, event=event)
     weights = runtime_lib.canonical_state_dict(s.module)  # once, for the image and the saves
     s.log.kernels(weights["conv1.weight"], pos.global_step)
+    board.record_epoch(s, epoch, last=event == "stop" or epoch + 1 == s.cfg.train.epochs)
     pos.history.append({"epoch": epoch, **row})
     info(
         f"epoch {epoch}: train loss {row['train_loss']:.4f}, val top-1 "

@@ -181,6 +181,14 @@ class RunConfig:
 
     dir: Path = Path("runs/ilsvrc2012")
     tensorboard: bool = True
+    # TensorBoard pictures (0 = none): this many validation images with their top-5 classes
+    # after every epoch (Fig. 4 left), and the fc7 features of this many, with thumbnails and
+    # class names, for the embedding projector after the last epoch (Fig. 4 right)
+    tensorboard_predictions: int = 8
+    tensorboard_embedding: int = 256
+
+    def problems(self) -> list[str]:
+        return non_negative(self, "tensorboard_predictions", "tensorboard_embedding")
 
 
 @frozen

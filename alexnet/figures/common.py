@@ -1,0 +1,226 @@
+"""What the figures share: a run's trained network, a few of its images, class names, PNG files.
+
+A figure reads a run folder (``config.yaml``, ``metrics.jsonl``, ``best.pt`` or ``last.pt``,
+``eval.json``) and writes ``<run>/figures/<name>.png``. Figures are drawn on a plain
+``matplotlib.figure.Figure`` (Agg canvas, no pyplot state) and saved atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from alexnet import atomic, runtime
+from alexnet.checkpoint import BEST, LAST, load_checkpoint
+from alexnet.config import Config, ParallelConfig, config_from_dict, input_size
+from alexnet.data.loaders import EvalLoader
+from alexnet.data.packed import PackedSplit, Stats
+from alexnet.data.transforms import center_crop
+from alexnet.errors import UserError
+from alexnet.log import info
+from alexnet.model import AlexNet
+
+DPI = 150  # sharp on a screen, a few hundred kB per figure
+FIGURES = "figures"  # <run>/figures/<name>.png
+
+
+@dataclass
+class Trained:
+    """A run's trained network, on its device in eval mode, with what it was trained on."""
+
+    run: Path
+    checkpoint: Path
+    cfg: Config
+    model: AlexNet
+    rt: runtime.Runtime
+    stats: Stats
+    class_ids: list[str]  # folder names / wnids, in label order
+    class_names: list[str]  # in words ("tench, Tinca tinca"), in label order
+    epoch: int
+
+    def split(self, name: str | None = None) -> PackedSplit:
+        """A split (default: the validation split) of the run's data, checked against the run."""
+        split = PackedSplit(self.cfg.data.root, name or self.cfg.data.val_split)
+        if split.classes != self.class_ids:
+            raise UserError(f"{split.root} has other classes than {self.checkpoint} was trained on")
+        return split
+
+    def loader(self, split: PackedSplit, views: int = 1, batch_size: int | None = None):
+        """Evaluation batches of ``split`` (``views`` 1 or 10) on the run's device."""
+        return EvalLoader(
+            split,
+            self.stats,
+            data=self.cfg.data,
+            input_size=input_size(self.cfg.model),
+            batch_size=batch_size or self.cfg.eval.batch_size,
+            device=self.rt.device,
+            views=views,
+        )
+
+
+def find_checkpoint(run: Path) -> Path:
+    """``run/best.pt``, else ``run/last.pt``."""
+    for name in (BEST, LAST):
+        if (run / name).is_file():
+            return run / name
+    raise UserError(f"{run} holds no {BEST} or {LAST}: give a run folder written by alexnet.train")
+
+
+def load_trained(run: Path, checkpoint: Path | None = None, **changes: Any) -> Trained:
+    """The network of ``checkpoint`` (default: the run's best.pt, else last.pt), ready to run.
+
+    The model and the data settings come from the config stored in the checkpoint. ``changes``
+    may set ``device`` (default: cuda:0 if present, else cpu), ``data`` (the prepared data
+    folder), ``workers`` (loader processes) and ``batch_size`` (images per evaluation batch).
+    """
+    path = checkpoint or find_checkpoint(run)
+    state = load_checkpoint(path)
+    if "config" not in state or "data_stats" not in state:
+        raise UserError(f"{path} was not written by alexnet.train (no config or data_stats)")
+    cfg = _changed(config_from_dict(state["config"], f"config stored in {path}"), changes)
+    device = changes.get("device")
+    if device and device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    rt = runtime.setup(ParallelConfig(devices=(device,) if device else ()), cfg.runtime)
+    with torch.device("meta"):  # no throw-away initialisation of 61M weights
+        model = AlexNet(cfg.model)
+    model = model.to_empty(device=rt.device)
+    model.load_state_dict(state["model"])
+    ids = list(state.get("classes") or [str(i) for i in range(cfg.model.num_classes)])
+    names = list(state.get("class_names") or _names_from_data(cfg, ids))
+    p = state["data_stats"]
+    arrays = [p[k].double().numpy() for k in ("mean", "cov", "eigval", "eigvec")]
+    stats = Stats(*arrays, pixels=0)
+    return Trained(run, path, cfg, model.eval(), rt, stats, ids, names, int(state.get("epoch", 0)))
+
+
+def _changed(cfg: Config, changes: dict[str, Any]) -> Config:
+    data = {"root": changes.get("data"), "workers": changes.get("workers")}
+    data = {k: v for k, v in data.items() if v is not None}
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
+    if changes.get("batch_size"):
+        cfg = dataclasses.replace(
+            cfg, eval=dataclasses.replace(cfg.eval, batch_size=changes["batch_size"])
+        )
+    return cfg
+
+
+def _names_from_data(cfg: Config, ids: list[str]) -> list[str]:
+    """Checkpoints written before class names were stored: the data set's names, else the ids."""
+    try:
+        split = PackedSplit(cfg.data.root, cfg.data.val_split)
+    except UserError:
+        return ids
+    return split.class_names if split.classes == ids else ids
+
+
+def subset(split: PackedSplit, indices: Sequence[int]) -> PackedSplit:
+    """The records ``indices`` of ``split`` as a split of their own (nothing is copied on disk)."""
+    out = copy.copy(split)
+    out.index = split.index[np.asarray(indices, dtype=np.int64)]
+    out.labels = torch.from_numpy(out.index[:, 3].copy())
+    out._maps = {}
+    return out
+
+
+def spread(count: int, n: int) -> list[int]:
+    """``n`` evenly spaced positions in ``range(count)`` (all of them if n >= count)."""
+    if n >= count:
+        return list(range(count))
+    return sorted({int(round(x)) for x in np.linspace(0, count - 1, n)})
+
+
+def pictures(split: PackedSplit, indices: Sequence[int], size: int = 224) -> torch.Tensor:
+    """The central ``size`` crop of stored images, uint8 (n, 3, size, size), for display."""
+    images = torch.stack([split.image(int(i)) for i in indices])
+    return center_crop(images, size)
+
+
+def short_names(names: Sequence[str]) -> list[str]:
+    """The first synonym of each name ("tench, Tinca tinca" -> "tench"); names that would then
+    coincide (ImageNet's two "crane"s) keep their second synonym or their number."""
+    first = [n.split(",")[0].strip() for n in names]
+    out = []
+    for i, (name, short) in enumerate(zip(names, first, strict=True)):
+        if first.count(short) > 1:
+            parts = [p.strip() for p in name.split(",")]
+            short = f"{short} ({parts[1]})" if len(parts) > 1 else f"{short} ({i})"
+        out.append(short)
+    return out
+
+
+@torch.no_grad()
+def features(
+    model: AlexNet, batches: EvalLoader, rt: runtime.Runtime, layer: str = "fc7"
+) -> Iterator[torch.Tensor]:
+    """``layer``'s activations (n, D) of the first view of each batch's images, batch by batch."""
+    model.eval()
+    for views, _ in batches:
+        with rt.autocast():
+            yield model.forward_to(rt.batch(views[:, 0]), layer).float()
+
+
+def output_path(out: Path | None, run: Path, name: str) -> Path:
+    """``out``, or ``<run>/figures/<name>.png``."""
+    return out if out is not None else run / FIGURES / f"{name}.png"
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write ``fig`` as a PNG, atomically; returns ``path``."""
+    with atomic.atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=DPI)
+    info(f"wrote {path}")
+    return path
+
+
+def figure_array(fig: Figure, dpi: int = 100) -> np.ndarray:
+    """``fig`` rendered to an (H, W, 3) uint8 RGB array (for TensorBoard)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def image_axes(ax, image: torch.Tensor, title: str = "", colour: str = "black") -> None:
+    """Show a uint8 (3, H, W) image without ticks, with a small title."""
+    ax.imshow(image.permute(1, 2, 0).cpu().numpy())
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8, color=colour)
+
+
+def add_model_arguments(p: argparse.ArgumentParser, crops: bool = True) -> None:
+    """Arguments of the figures that run the network: run, checkpoint, data, device, out."""
+    p.add_argument("run", type=Path, help="run folder (reads best.pt, else last.pt)")
+    p.add_argument("--checkpoint", type=Path, help="a .pt file instead of the run's best/last")
+    p.add_argument("--data", type=Path, help="prepared data folder (default: the run's data.root)")
+    if crops:
+        p.add_argument(
+            "--crops",
+            type=int,
+            choices=(1, 10),
+            help="views per image, softmax averaged (default: the run's eval.views)",
+        )
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda:0 if present)")
+    p.add_argument("--workers", type=int, help="loader processes (default: the run's)")
+    p.add_argument("--batch-size", type=int, help="images per batch (default: eval.batch_size)")
+    p.add_argument("--out", type=Path, help="PNG to write (default: RUN/figures/NAME.png)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def trained_from_args(args: argparse.Namespace) -> Trained:
+    """``load_trained`` with the arguments of ``add_model_arguments``."""
+    changes = dict(device=args.device, data=args.data, workers=args.workers)
+    return load_trained(args.run, args.checkpoint, **changes, batch_size=args.batch_size)
