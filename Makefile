@@ -10,12 +10,13 @@ CONFIG ?= configs/ilsvrc2012.yaml
 RAW    ?= /data/ILSVRC2012
 DATA   ?= data/ilsvrc2012
 CKPT   ?= runs/ilsvrc2012/best.pt
+RUN    ?= runs/demo
 GPUS   ?= 8
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
 .PHONY: help venv lint format test test-gpu demo demo-data prepare train train-2gpu train-ddp eval \
-	tensorboard bench bench-data bench-train clean
+	figures tensorboard bench bench-data bench-train clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,10 +47,11 @@ demo-data: $(STAMP)  ## generate and prepare the built-in data set (data/synthet
 	$(PY) -m alexnet.synthetic data/synthetic
 	$(PY) -m alexnet.prepare data/synthetic data/synthetic-prepared
 
-demo: demo-data  ## train the faithful net on the built-in data on CPU (~10 min), evaluate 1 and 10 crops
+demo: demo-data  ## train the faithful net on the built-in data on CPU (~10 min), evaluate 1 and 10 crops, draw its figures
 	$(PY) -m alexnet.train --config configs/demo.yaml --resume auto $(SETS)
 	$(PY) -m alexnet.eval --checkpoint runs/demo/best.pt --crops 1 --crops 10 \
 		--json runs/demo/eval.json --no-progress
+	$(MAKE) --no-print-directory figures RUN=runs/demo
 
 prepare: $(STAMP)  ## RAW=/path/to/ILSVRC2012 DATA=data/ilsvrc2012: resize to 256, pack, mean + PCA
 	$(PY) -m alexnet.prepare $(RAW) $(DATA)
@@ -66,6 +68,9 @@ train-ddp: $(STAMP)  ## GPUS=8: data parallel with torchrun (global batch = trai
 
 eval: $(STAMP)  ## CKPT=runs/x/best.pt: top-1/top-5 error with 1 and 10 crops
 	$(PY) -m alexnet.eval --checkpoint $(CKPT)
+
+figures: $(STAMP)  ## RUN=runs/x: kernels, predictions, neighbours, curves, confusion PNGs in RUN/figures/
+	$(PY) -m alexnet.figures all $(RUN)
 
 tensorboard: $(STAMP)  ## serve runs/ on http://localhost:6006
 	$(VENV)/bin/tensorboard --logdir runs

@@ -14,6 +14,7 @@ COMMANDS = {
     "synthetic": "alexnet.synthetic",
     "model": "alexnet.model.__main__",
     "bench": "alexnet.bench.__main__",
+    "figures": "alexnet.figures.__main__",
 }
 
 

@@ -291,7 +291,7 @@ def test_table_shows_each_runs_eval_json_and_the_papers_difference(tmp_path: Pat
     assert lines[2] == "| baseline | — | 41.20 / 40.00 | 19.00 / 18.00 | baseline | — |"
     assert lines[3] == (
         "| no_lrn | `model.lrn.enabled=false` | 43.00 / 41.50 | 20.00 / 19.25 | "
-        "+1.50 / +1.25 (10 crops) | +1.4 / +1.2 (without LRN (§3.3)) |"
+        "+1.50 / +1.25 (10 crops) | +1.4 / +1.2 (LRN, §3.3) |"
     )
     assert lines[4] == (
         '| tanh | `model.activation="tanh"` | 50.00 / — | 25.00 / — | +8.80 / +6.00 (1 crop) | — |'

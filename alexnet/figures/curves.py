@@ -57,11 +57,13 @@ def labels_for(runs: list[Path]) -> list[str]:
 
 def draw(runs: list[Path], title: str | None = None) -> Figure:
     """Three panels (loss, top-1, top-5 error), one colour per run, validation dashed."""
-    fig = Figure(figsize=(14, 4.4), layout="constrained")
+    fig = Figure(figsize=(14, 4.6), layout="constrained")
     axes = fig.subplots(1, len(PANELS))
+    last = 1
     for k, (run, label) in enumerate(zip(runs, labels_for(runs), strict=True)):
         colour = f"C{k % 10}"  # matplotlib's default cycle
         data = curve_data(run)
+        last = max([last, *data["epoch"]])
         for ax, (_, _, metric, scale) in zip(axes, PANELS, strict=True):
             for split, style in (("train", "-"), ("val", "--")):
                 values = [scale * v for v in data[f"{split}_{metric}"]]
@@ -87,9 +89,10 @@ def draw(runs: list[Path], title: str | None = None) -> Figure:
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, last + 0.5)
     axes[-1].legend(fontsize=8, loc="upper right")
     what = "training (solid) and validation (dashed) per epoch; dotted: lr cuts"
-    fig.suptitle(f"{title or ', '.join(labels_for(runs))}: {what}", fontsize=11)
+    fig.suptitle(f"{title or ', '.join(labels_for(runs))}\n{what}", fontsize=11)
     return fig
 
 

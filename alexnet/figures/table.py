@@ -24,15 +24,15 @@ from alexnet.log import info
 
 # (config key, its value in the ablated run, what the run lacks, the paper's (top-1, top-5) gain)
 PAPER_ABLATIONS = (
-    ("model.lrn.enabled", False, "LRN (§3.3)", paper.ABLATION_LRN),
+    ("model.lrn.enabled", False, "LRN, §3.3", paper.ABLATION_LRN),
     (
         "model.pooling",
         "non_overlapping",
-        "overlapping pooling (§3.4)",
+        "overlapping pooling, §3.4",
         paper.ABLATION_OVERLAPPING_POOL,
     ),
-    ("model.arch", "one_tower", "two towers (§3.2)", paper.ABLATION_TWO_TOWERS),
-    ("augment.lighting", "off", "PCA lighting (§4.1: top-1 over 1)", paper.ABLATION_LIGHTING),
+    ("model.arch", "one_tower", "two towers, §3.2", paper.ABLATION_TWO_TOWERS),
+    ("augment.lighting", "off", "PCA lighting, §4.1: top-1 over 1", paper.ABLATION_LIGHTING),
 )
 CROPS = ("1", "10")
 
@@ -113,7 +113,7 @@ def markdown(rows: list[Row]) -> str:
     """The table as markdown; differences in points of error, on 10 crops where both have them."""
     head = (
         "| run | differs from the baseline in | top-1 err % (1 / 10 crops) | "
-        "top-5 err % (1 / 10 crops) | Δ top-1 / top-5 (points) | paper: Δ without it |"
+        "top-5 err % (1 / 10 crops) | Δ top-1 / top-5 (points) | paper's Δ without the feature |"
     )
     lines = [head, "|---|---|---|---|---|---|"]
     base = rows[0]
@@ -131,7 +131,7 @@ def markdown(rows: list[Row]) -> str:
             if r.paper is not None:
                 what, (t1, t5) = r.paper
                 theirs = " / ".join("—" if v is None else f"+{v:.1f}" for v in (t1, t5))
-                theirs += f" (without {what})"
+                theirs += f" ({what})"
         lines.append(
             f"| {r.label} | {changes} | {_pct(r.top1['1'])} / {_pct(r.top1['10'])} | "
             f"{_pct(r.top5['1'])} / {_pct(r.top5['10'])} | {delta} | {theirs} |"
