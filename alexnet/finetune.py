@@ -20,9 +20,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from alexnet import checkpoint as ckpt
@@ -69,8 +67,8 @@ def _load(init_from: str, progress: bool) -> Source:
     try:
         state = ckpt.load_checkpoint(path)
     except UserError as err:
-        bare = _bare_state_dict(path)
-        if bare is None or not tvw.is_torchvision_state_dict(bare):
+        bare = tvw.read_torchvision_file(path)
+        if bare is None:
             raise UserError(
                 f"finetune.init_from: {err}; give a checkpoint written by alexnet.train, a "
                 f"torchvision AlexNet state dict ({tvw.WEIGHTS_FILE}) or 'torchvision'"
@@ -78,14 +76,6 @@ def _load(init_from: str, progress: bool) -> Source:
         return Source(tvw.from_torchvision(bare), f"torchvision AlexNet weights in {path}", None)
     config = config_from_dict(state["config"], f"config stored in {path}")
     return Source(dict(state["model"]), f"{path} (epoch {state.get('epoch')})", config)
-
-
-def _bare_state_dict(path: Path) -> dict[str, Any] | None:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # unreadable for any reason: the checkpoint error above says why
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def start_from(model: nn.Module, source: Source, enabled: bool = True) -> dict[str, list[str]]:

@@ -16,11 +16,13 @@ torchvision; what torchvision cannot express (LRN, another conv1 geometry, conv6
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from alexnet.config import ModelConfig
+from alexnet.config import Config, ModelConfig, config_from_dict
 from alexnet.errors import UserError
 
 TV_TO_OURS = {
@@ -65,10 +67,34 @@ def torchvision_differences(cfg: ModelConfig, ignore: tuple[str, ...] = ()) -> l
     ]
 
 
+def torchvision_config() -> Config:
+    """A config under which our model is torchvision's AlexNet: ``TORCHVISION_MODEL``, its
+    input scaling (``channel_mean_std``) and its centre-crop evaluation."""
+    model: dict[str, Any] = {"init": {"preset": "pytorch_default"}}
+    for dotted, value in TORCHVISION_MODEL.items():
+        *parents, key = dotted.split(".")
+        node = model
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[key] = value
+    raw = {"model": model, "data": {"normalize": "channel_mean_std"}, "eval": {"views": 1}}
+    return config_from_dict(raw, "torchvision's alexnet")
+
+
 def is_torchvision_state_dict(state: Mapping[str, object]) -> bool:
     """Whether ``state`` has exactly the keys of ``torchvision.models.alexnet().state_dict()``."""
     expected = {f"{tv}.{kind}" for tv in TV_TO_OURS for kind in ("weight", "bias")}
     return set(state) == expected
+
+
+def read_torchvision_file(path: str | Path) -> dict[str, Tensor] | None:
+    """The state dict in ``path`` if the file holds torchvision's AlexNet weights, else None
+    (missing, unreadable or anything else: the caller says what it expected)."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # any reason the file is not a readable state dict
+        return None
+    return data if isinstance(data, dict) and is_torchvision_state_dict(data) else None
 
 
 def from_torchvision(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
