@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from alexnet import atomic, paper
 from alexnet.data import packed
@@ -70,14 +70,20 @@ def make_units(plan: Plan, unit_size: int) -> list[Unit]:
     ]
 
 
-def load_rgb(path: Path) -> tuple[Image.Image, str, list[str]]:
-    """Decode by content: the RGB image, what it was ("" for an RGB JPEG), and PIL's warnings."""
+def load_rgb(path: Path, upright: bool = False) -> tuple[Image.Image, str, list[str]]:
+    """Decode by content: the RGB image, what it was ("" for an RGB JPEG), and PIL's warnings.
+
+    ``upright`` turns the image as its EXIF orientation tag says (a phone photo as it is
+    shown); ``prepare`` leaves the pixels as stored, as the ImageNet pipelines did.
+    """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with open(path, "rb") as f:
             image = Image.open(f)
             image.load()  # strict: ImageFile.LOAD_TRUNCATED_IMAGES stays False
         was = " ".join(x for x in (image.format, image.mode) if x not in ("JPEG", "MPO", "RGB"))
+        if upright:
+            image = ImageOps.exif_transpose(image)
         if image.mode != "RGB":
             image = image.convert("RGB")
     return image, was, sorted({str(w.message) for w in caught})
