@@ -21,7 +21,7 @@ from alexnet.model import AlexNet, PaperDropout, PaperLRN, build_model
 from alexnet.model.__main__ import main
 from alexnet.model.summary import summarize
 
-from conftest import image_batch, model_cfg
+from conftest import assert_close_to_f64, image_batch, model_cfg
 
 # faithful-spec.md 1.1: (output C x H x W, parameters, multiply-adds per image).
 SPEC_TABLE = {
@@ -213,12 +213,29 @@ def call_order(model: AlexNet, x: torch.Tensor) -> list[str]:
     return [name for name, _, _ in run_recorded(model, x)]
 
 
+def lrn_by_torch(a: torch.Tensor, groups: int = 2) -> torch.Tensor:
+    """The paper's LRN by torch's own F.local_response_norm (alpha/n: pass 5 * 1e-4), per tower."""
+    n, c, h, w = a.shape
+    grouped = a.double().reshape(n * groups, c // groups, h, w)
+    return F.local_response_norm(grouped, 5, 5e-4, 0.75, 2.0).reshape(n, c, h, w)
+
+
 def test_layer_order_and_dropout_placement(paper_model: AlexNet) -> None:
-    order = call_order(paper_model, image_batch(1))
-    assert order[:5] == ["pad1", "conv1", "act", "lrn1", "pool1"]  # §3.3: LRN after ReLU
+    """§3.3: ReLU, then LRN, then pooling. The LRN module applies the ReLU in front of it
+    itself (one fused op), so ``act`` is not called between conv and LRN; the values show the
+    order: lrn1 = LRN(ReLU(conv1)) and lrn2 = LRN(ReLU(conv2))."""
+    calls = run_recorded(paper_model, image_batch(1))
+    order = [name for name, _, _ in calls]
+    assert order[:4] == ["pad1", "conv1", "lrn1", "pool1"]
     assert order[-7:] == ["fc6", "act", "drop6", "fc7", "act", "drop7", "fc8"]  # §4.2: outputs
+    outputs = {name: out for name, _, out in calls}
+    for conv, lrn in (("conv1", "lrn1"), ("conv2", "lrn2")):
+        expected = lrn_by_torch(F.relu(outputs[conv]))
+        assert_close_to_f64(outputs[lrn], expected)
     before_relu = with_weights(model_cfg("lrn.conv1_position=before_relu"), paper_model)
     assert call_order(before_relu, image_batch(1))[:5] == ["pad1", "conv1", "lrn1", "act", "pool1"]
+    tanh = with_weights(model_cfg("activation=tanh"), paper_model)  # no ReLU to fuse
+    assert call_order(tanh, image_batch(1))[:5] == ["pad1", "conv1", "act", "lrn1", "pool1"]
     tv = with_weights(model_cfg("dropout.placement=inputs"), paper_model)
     tv_order = ["drop6", "fc6", "act", "drop7", "fc7", "act", "fc8"]  # torchvision: fc inputs
     assert call_order(tv, image_batch(1))[-7:] == tv_order
@@ -243,13 +260,13 @@ def structure(cfg: ModelConfig) -> dict[str, str]:
         ("lrn.alpha_semantics=divided_by_n", {"lrn1", "lrn2"}),
         ("lrn.k=1", {"lrn1", "lrn2"}),
         ("lrn.per_tower=false", {"lrn1", "lrn2"}),
-        ("activation=tanh", {"act"}),
+        ("activation=tanh", {"act", "lrn1", "lrn2"}),  # the LRNs no longer apply a ReLU
         ("pooling=non_overlapping", {"pool1", "pool2", "pool5"}),
         ("conv1_geometry=crop227_valid", {"pad1"}),
         ("conv1_geometry=pad2_224", {"pad1"}),
         ("dropout.style=inverted", {"drop6", "drop7"}),
         ("dropout.placement=inputs", set()),
-        ("lrn.conv1_position=before_relu", set()),
+        ("lrn.conv1_position=before_relu", {"lrn1"}),  # lrn1 no longer applies the ReLU
         ("num_classes=10", {"fc8"}),
         ("arch=one_tower", {"conv1", "conv2", "conv3", "conv4", "conv5", "lrn1", "lrn2"}),
         ("arch=owt", {"conv1", "conv2", "conv3", "conv4", "conv5", "lrn1", "lrn2"}),

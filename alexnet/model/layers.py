@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from alexnet import paper
+from alexnet.model.lrn import lrn
 
 
 class PaperLRN(nn.Module):
@@ -15,6 +15,8 @@ class PaperLRN(nn.Module):
     ``max(0, i - n//2) .. min(N - 1, i + n//2)`` of the same group. ``alpha_semantics="raw_sum"``
     is the paper's formula; ``"divided_by_n"`` uses ``alpha / n`` like torch, Caffe and
     cuda-convnet. ``groups=2`` keeps each tower's 48 / 128 maps to itself, as on two GPUs.
+    ``relu=True`` takes the pre-activation and applies the ReLU in front of the LRN itself
+    (``a = max(x, 0)``), fused into the same op (``alexnet.model.lrn``) for speed.
     """
 
     def __init__(
@@ -25,24 +27,25 @@ class PaperLRN(nn.Module):
         k: float,
         alpha_semantics: str = "raw_sum",
         groups: int = 1,
+        relu: bool = False,
     ) -> None:
         super().__init__()
         if alpha_semantics not in ("raw_sum", "divided_by_n"):
             raise ValueError(f"alpha_semantics: raw_sum or divided_by_n, got {alpha_semantics!r}")
+        if size < 1 or size % 2 == 0:
+            raise ValueError(f"size: must be a positive odd number, got {size}")
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
-        self.alpha_semantics, self.groups = alpha_semantics, groups
+        self.alpha_semantics, self.groups, self.relu = alpha_semantics, groups, relu
 
     def forward(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.shape
-        alpha = self.alpha * self.size if self.alpha_semantics == "raw_sum" else self.alpha
-        grouped = x.reshape(n * self.groups, c // self.groups, h, w)  # groups normalise apart
-        y = F.local_response_norm(grouped, self.size, alpha, self.beta, self.k)  # torch: alpha/n
-        return y.reshape(n, c, h, w)
+        alpha = self.alpha if self.alpha_semantics == "raw_sum" else self.alpha / self.size
+        return lrn(x, self.size, alpha, self.beta, self.k, self.groups, self.relu)
 
     def extra_repr(self) -> str:
+        relu = ", relu fused in front" if self.relu else ""
         return (
             f"size={self.size}, alpha={self.alpha} ({self.alpha_semantics}), "
-            f"beta={self.beta}, k={self.k}, groups={self.groups}"
+            f"beta={self.beta}, k={self.k}, groups={self.groups}{relu}"
         )
 
 

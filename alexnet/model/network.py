@@ -76,11 +76,23 @@ def build_pool(kind: str) -> nn.MaxPool2d:
     return nn.MaxPool2d(size, paper.POOL_STRIDE)
 
 
-def build_lrn(cfg: LRNConfig, groups: int) -> nn.Module:
-    """PaperLRN with the config's constants, or Identity when LRN is switched off."""
+def build_lrn(cfg: LRNConfig, groups: int, relu: bool = False) -> nn.Module:
+    """PaperLRN with the config's constants, or Identity when LRN is switched off. ``relu``:
+    the LRN takes the pre-activation and applies the ReLU before it itself (one fused op)."""
     if not cfg.enabled:
         return nn.Identity()
-    return PaperLRN(cfg.size, cfg.alpha, cfg.beta, cfg.k, cfg.alpha_semantics, groups)
+    return PaperLRN(cfg.size, cfg.alpha, cfg.beta, cfg.k, cfg.alpha_semantics, groups, relu)
+
+
+def fused_relu(cfg: ModelConfig) -> tuple[bool, bool]:
+    """Whether lrn1 and lrn2 apply the ReLU in front of them (§3.3: ReLU, then LRN) themselves."""
+    relu = cfg.activation == "relu"
+    return relu and cfg.lrn.conv1_position == "after_relu", relu
+
+
+def relu_then_lrn(lrn: nn.Module, act: nn.Module, x: Tensor) -> Tensor:
+    """The activation, then the LRN (§3.3); one op when the LRN fuses the ReLU."""
+    return lrn(x) if getattr(lrn, "relu", False) else lrn(act(x))
 
 
 class AlexNet(nn.Module):
@@ -97,10 +109,11 @@ class AlexNet(nn.Module):
         _, p2, p3, p4, p5 = paper.CONV_PADDING
         self.pad1 = build_conv1_padding(cfg.conv1_geometry)
         self.conv1 = nn.Conv2d(3, w1, k1, stride=paper.CONV1_STRIDE)
-        self.lrn1 = build_lrn(cfg.lrn, lrn_groups)
+        relu1, relu2 = fused_relu(cfg)
+        self.lrn1 = build_lrn(cfg.lrn, lrn_groups, relu1)
         self.pool1 = build_pool(cfg.pooling)
         self.conv2 = nn.Conv2d(w1, w2, k2, padding=p2, groups=g["conv2"])
-        self.lrn2 = build_lrn(cfg.lrn, lrn_groups)
+        self.lrn2 = build_lrn(cfg.lrn, lrn_groups, relu2)
         if cfg.lrn.same_map_norm:  # cuda-convnet2's cnorm2 after LRN2 (not in the paper)
             self.norm2 = SameMapNorm()
         self.pool2 = build_pool(cfg.pooling)
@@ -130,10 +143,10 @@ class AlexNet(nn.Module):
             raise ValueError(f"layer must be one of {', '.join(FEATURE_LAYERS)}, got {layer!r}")
         x = self.conv1(self.pad1(x))  # (N, 96, 55, 55)
         if self.cfg.lrn.conv1_position == "after_relu":  # §3.3; before_relu: the CC2 cfgs
-            x = self.pool1(self.lrn1(self.act(x)))  # (N, 96, 27, 27)
+            x = self.pool1(relu_then_lrn(self.lrn1, self.act, x))  # (N, 96, 27, 27)
         else:
             x = self.pool1(self.act(self.lrn1(x)))
-        x = self.lrn2(self.act(self.conv2(x)))  # (N, 256, 27, 27)
+        x = relu_then_lrn(self.lrn2, self.act, self.conv2(x))  # (N, 256, 27, 27)
         x = self.pool2(self.norm2(x) if self.cfg.lrn.same_map_norm else x)  # (N, 256, 13, 13)
         x = self.act(self.conv3(x))  # (N, 384, 13, 13)
         x = self.act(self.conv4(x))  # (N, 384, 13, 13)

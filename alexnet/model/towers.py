@@ -26,6 +26,8 @@ from alexnet.model.network import (
     build_lrn,
     build_model,
     build_pool,
+    fused_relu,
+    relu_then_lrn,
 )
 
 # Layers split in half along their outputs (kernels / neurons), one half per tower. For the
@@ -118,7 +120,9 @@ class TwoDeviceAlexNet(nn.Module):
             self.add_module(name, half.to_empty(device=device))
         self.fc8 = shapes.fc8.to_empty(device=self.devices[0])
         self.pad1 = build_conv1_padding(cfg.conv1_geometry)
-        self.lrn1, self.lrn2 = build_lrn(cfg.lrn, 1), build_lrn(cfg.lrn, 1)  # inside one tower
+        relu1, relu2 = fused_relu(cfg)
+        self.lrn1 = build_lrn(cfg.lrn, 1, relu1)  # groups=1: inside one tower's maps
+        self.lrn2 = build_lrn(cfg.lrn, 1, relu2)
         self.pool1, self.pool2, self.pool5 = (build_pool(cfg.pooling) for _ in range(3))
         self.act = build_activation(cfg.activation)
         self.drop6 = PaperDropout(cfg.dropout.p, cfg.dropout.style)
@@ -162,8 +166,8 @@ class TwoDeviceAlexNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         a = self._conv1(self.conv1a, x.to(self.devices[0]))  # (N, 48, 27, 27) on devices[0]
         b = self._conv1(self.conv1b, x.to(self.devices[1]))  # (N, 48, 27, 27) on devices[1]
-        a = self.pool2(self.lrn2(self.act(self.conv2a(a))))  # (N, 128, 13, 13): own maps only
-        b = self.pool2(self.lrn2(self.act(self.conv2b(b))))
+        a = self.pool2(relu_then_lrn(self.lrn2, self.act, self.conv2a(a)))  # (N, 128, 13, 13)
+        b = self.pool2(relu_then_lrn(self.lrn2, self.act, self.conv2b(b)))  # own maps only
         a, b = self._talk("conv3", a, b)  # (N, 192, 13, 13) each, from both towers' 256 maps
         a, b = self.act(self.conv4a(a)), self.act(self.conv4b(b))  # (N, 192, 13, 13)
         a, b = self.pool5(self.act(self.conv5a(a))), self.pool5(self.act(self.conv5b(b)))
@@ -178,7 +182,7 @@ class TwoDeviceAlexNet(nn.Module):
     def _conv1(self, conv: nn.Module, x: Tensor) -> Tensor:
         x = conv(self.pad1(x))  # (N, 48, 55, 55)
         if self.cfg.lrn.conv1_position == "after_relu":
-            return self.pool1(self.lrn1(self.act(x)))
+            return self.pool1(relu_then_lrn(self.lrn1, self.act, x))
         return self.pool1(self.act(self.lrn1(x)))
 
     def _talk(self, name: str, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
