@@ -12,11 +12,13 @@ DATA   ?= data/ilsvrc2012
 CKPT   ?= runs/ilsvrc2012/best.pt
 RUN    ?= runs/demo
 GPUS   ?= 8
+TUNE   ?= configs/scene15_finetune.yaml
+IMAGES ?= ../shared/data/imagenet_sample_images
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
 
 .PHONY: help venv lint format test test-gpu demo demo-data prepare train train-2gpu train-ddp eval \
-	figures tensorboard bench bench-data bench-train clean
+	figures tensorboard bench bench-data bench-train clean scene15-data finetune predict export
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -68,6 +70,18 @@ train-ddp: $(STAMP)  ## GPUS=8: data parallel with torchrun (global batch = trai
 
 eval: $(STAMP)  ## CKPT=runs/x/best.pt: top-1/top-5 error with 1 and 10 crops
 	$(PY) -m alexnet.eval --checkpoint $(CKPT)
+
+scene15-data: $(STAMP)  ## prepare ../shared/data/scene15 (15-Scene, 1500 train / 2985 test) into data/scene15
+	$(PY) -m alexnet.prepare ../shared/data/scene15 data/scene15
+
+finetune: $(STAMP)  ## TUNE=configs/scene15_finetune.yaml: train from trained weights (finetune.init_from)
+	$(PY) -m alexnet.finetune --config $(TUNE) --resume auto $(SETS)
+
+predict: $(STAMP)  ## CKPT=... IMAGES="a.jpg photos/": the top-5 classes of image files, in words
+	$(PY) -m alexnet.predict --checkpoint $(CKPT) $(IMAGES)
+
+export: $(STAMP)  ## CKPT=...: a torch.export program (.pt2) of the network with its preprocessing
+	$(PY) -m alexnet.export --checkpoint $(CKPT)
 
 figures: $(STAMP)  ## RUN=runs/x: kernels, predictions, neighbours, curves, confusion PNGs in RUN/figures/
 	$(PY) -m alexnet.figures all $(RUN)

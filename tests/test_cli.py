@@ -15,6 +15,10 @@ COMMANDS = {
     "model": "alexnet.model.__main__",
     "bench": "alexnet.bench.__main__",
     "figures": "alexnet.figures.__main__",
+    "finetune": "alexnet.finetune",
+    "predict": "alexnet.predict",
+    "features": "alexnet.features",
+    "export": "alexnet.export",
 }
 
 

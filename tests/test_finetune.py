@@ -17,6 +17,7 @@ import torchvision
 
 from alexnet import finetune, train
 from alexnet.checkpoint import load_checkpoint, save_checkpoint
+from alexnet.config import load_config
 from alexnet.errors import UserError
 from alexnet.model import AlexNet, build_model
 from alexnet.model.torchvision_weights import from_torchvision, to_torchvision
@@ -163,3 +164,14 @@ def test_bad_finetune_settings_are_one_clear_error(
     assert "does not exist" in capsys.readouterr().err
     assert finetune.main(["--config", str(ROOT / "configs/demo.yaml")]) == 2
     assert "does not set finetune.init_from" in capsys.readouterr().err
+
+
+def test_scene15_finetune_config_is_torchvisions_network_and_input() -> None:
+    """configs/scene15_finetune.yaml feeds torchvision's weights what they were trained on."""
+    cfg = load_config(ROOT / "configs/scene15_finetune.yaml")
+    tv = torchvision.models.alexnet(weights=None)
+    source = finetune.Source(from_torchvision(tv.state_dict()), "torchvision", None)
+    assert finetune.differences(cfg, source) == []
+    assert cfg.finetune.init_from == "torchvision" and cfg.model.num_classes == 15
+    paper_cfg = load_config(ROOT / "configs/scene15.yaml")  # the faithful net: told apart
+    assert any("lrn.enabled" in d for d in finetune.differences(paper_cfg, source))
