@@ -44,6 +44,8 @@ EPILOG = """examples:
   python -m alexnet.predict --checkpoint runs/demo/best.pt data/synthetic/val --csv --out p.csv
   python -m alexnet.predict --checkpoint torchvision --crops 10 --topk 3 holiday/ --json
   python -m alexnet.predict --checkpoint alexnet-owt-7be5be79.pth cat.png --device cuda
+  python -m alexnet.predict --checkpoint torchvision ../shared/data/imagenet_sample_images \
+      --class-ids ../shared/data/imagenet_meta/synset_words.txt --csv --out sample.csv
 
 exit code: 0 every image classified, 1 some files could not be read (one line each on
 stderr), 2 a bad checkpoint or arguments."""
@@ -78,6 +80,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     fmt.add_argument("--json", action="store_true", help="print JSON (one list of records)")
     fmt.add_argument("--csv", action="store_true", help="print CSV: file,rank,class,name,prob")
     p.add_argument("--out", type=Path, help="write the predictions to this file instead")
+    p.add_argument(
+        "--class-ids",
+        type=Path,
+        metavar="FILE",
+        help="class ids in output order, one per line (first word; e.g. synset_words.txt): "
+        "for torchvision's weights, whose classes come as names only, so that images in "
+        "<wnid>/ folders are checked against their folder",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -101,6 +111,17 @@ def find_images(inputs: list[Path]) -> tuple[list[Path], list[str]]:
         else:
             problems.append(f"{path}: no such file or folder")
     return files, problems
+
+
+def read_class_ids(path: Path, count: int) -> list[str]:
+    """The first word of each non-empty line of ``path``; there must be ``count`` of them."""
+    try:
+        ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    except OSError as err:
+        raise UserError(f"--class-ids {path}: {err.strerror or err}") from None
+    if len(ids) != count:
+        raise UserError(f"--class-ids {path}: {len(ids)} ids for a network with {count} classes")
+    return ids
 
 
 class _Decoded(Dataset):
@@ -161,6 +182,8 @@ def _predict(args: argparse.Namespace) -> int:
     if args.topk < 1 or args.batch_size < 1:
         raise UserError("--topk and --batch-size must be at least 1")
     trained = load_trained(args.checkpoint)
+    if args.class_ids:
+        trained.classes = read_class_ids(args.class_ids, len(trained.classes))
     files, failed = find_images(args.inputs)
     for problem in failed:
         info(f"error: {problem}")

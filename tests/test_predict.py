@@ -98,3 +98,23 @@ def test_predict_csv_file_and_bad_input(
     assert predict.main(["--checkpoint", str(tiny_run / "best.pt"), str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "no such file or folder" in err and "no image files to classify" in err
+
+
+def test_class_ids_name_the_outputs(
+    tiny_run: Path, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--class-ids (torchvision's weights come with names only): a photo in a folder named
+    after a class is checked against it."""
+    (tmp_path / "c").mkdir()
+    shutil.copy(next(photos.glob("*.JPEG")), tmp_path / "c" / "x.jpg")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("a first\nb second\n\nc third\nd fourth\n")
+    args = ["--checkpoint", str(tiny_run / "best.pt"), str(tmp_path / "c"), "--json"]
+    assert predict.main([*args, "--class-ids", str(ids), "--topk", "4"]) == 0
+    out = capsys.readouterr()
+    record = json.loads(out.out)[0]
+    assert record["folder_class"] == "c" and {t["class"] for t in record["top"]} == set("abcd")
+    assert "the folder names a class for 1 images" in out.err
+    ids.write_text("a\nb\n")
+    assert predict.main([*args, "--class-ids", str(ids)]) == 2
+    assert "2 ids for a network with 4 classes" in capsys.readouterr().err
