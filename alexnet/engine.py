@@ -145,7 +145,7 @@ class _Report:
         self.window.clear()
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def evaluate(
     module: nn.Module,
     batches: Iterable[Batch],
@@ -156,13 +156,14 @@ def evaluate(
     """Top-1/top-5 error over ``batches`` of (views (n, V, 3, S, S), labels).
 
     With V > 1 the softmax outputs of the views are averaged (paper §4.1). Counts are summed
-    over DDP ranks; ``expected`` asserts that every image was evaluated exactly once.
+    over DDP ranks; ``expected`` asserts that every image was evaluated exactly once. Runs under
+    ``torch.inference_mode`` and in ``runtime.eval_dtype``.
     """
     module.eval()
     totals = Accumulator()
     for views, labels in _progress(batches, show_progress and rt.is_main, "eval"):
         n, v = views.shape[:2]
-        with rt.autocast():
+        with rt.autocast(evaluation=True):
             logits = module(rt.batch(views.flatten(0, 1))).float()
         labels = labels.to(logits.device)
         logits = logits.view(n, v, -1)

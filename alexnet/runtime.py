@@ -34,6 +34,8 @@ class Runtime:
     dtype: torch.dtype | None = None  # autocast dtype; None = full fp32
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode (reduce-overhead: CUDA graphs)
+    eval_dtype: torch.dtype | None = None  # evaluation's autocast dtype; None = full fp32
 
     @property
     def device(self) -> torch.device:
@@ -48,11 +50,13 @@ class Runtime:
     def distributed(self) -> bool:
         return self.world_size > 1
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast when asked for, else a no-op: one code path either way."""
-        if self.dtype is None:
+    def autocast(self, evaluation: bool = False) -> contextlib.AbstractContextManager:
+        """bf16 autocast when asked for (``evaluation``: ``eval_dtype``'s), else a no-op: one
+        code path either way."""
+        dtype = self.eval_dtype if evaluation else self.dtype
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def batch(self, images: torch.Tensor) -> torch.Tensor:
         """Apply the memory format to an input batch already on ``self.device``."""
@@ -74,7 +78,9 @@ class Runtime:
             ids = [self.device] if self.device.type == "cuda" and len(self.devices) == 1 else None
             module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
         if self.compile:
-            module = torch.compile(module)
+            module = torch.compile(
+                module, mode=None if self.compile_mode == "default" else self.compile_mode
+            )
         return module
 
     def barrier(self) -> None:
@@ -136,9 +142,18 @@ def setup(parallel: ParallelConfig, runtime: RuntimeConfig) -> Runtime:
     if devices[0].type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32 (the paper's precision)
         torch.backends.cudnn.allow_tf32 = False
-    dtype = torch.bfloat16 if runtime.dtype == "bfloat16" else None
+    dtypes = {"float32": None, "bfloat16": torch.bfloat16}
+    dtype = dtypes[runtime.dtype]
     return Runtime(
-        parallel.mode, devices, rank, world, dtype, runtime.channels_last, runtime.compile
+        parallel.mode,
+        devices,
+        rank,
+        world,
+        dtype,
+        runtime.channels_last,
+        runtime.compile,
+        runtime.compile_mode,
+        dtype if runtime.eval_dtype == "same" else dtypes[runtime.eval_dtype],
     )
 
 

@@ -170,9 +170,20 @@ class RuntimeConfig:
     """Precision and speed options; all off by default (the paper trained in fp32)."""
 
     dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 = autocast
-    channels_last: bool = False
+    # evaluation's own precision (10-crop passes are 10x the images); same = dtype
+    eval_dtype: Literal["same", "float32", "bfloat16"] = "same"
+    channels_last: bool = False  # NHWC activations: faster convolutions on GPUs
     compile: bool = False  # torch.compile
+    # torch.compile's mode: reduce-overhead and max-autotune replay CUDA graphs on GPUs
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = "default"
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+
+    def problems(self) -> list[str]:
+        if self.compile_mode != "default" and not self.compile:
+            return [f"compile_mode: {self.compile_mode} needs runtime.compile: true"]
+        return []
 
 
 @frozen
