@@ -1,23 +1,76 @@
-"""The benchmark commands run end to end on tiny inputs and print positive figures."""
+"""The benchmark commands run end to end on tiny inputs: every net compared is timed in every
+round, and the printed medians and ratios are those of the recorded rounds."""
 
 from __future__ import annotations
 
+import json
+import statistics
 from pathlib import Path
 
 import pytest
 
 from alexnet.bench import __main__ as bench
 
+TINY = ["model.num_classes=4", "train.batch_size=4", "data.workers=0", "eval.batch_size=2"]
 
-def test_bench_train_times_synthetic_and_real_steps(
-    prepared_tiny: Path, capsys: pytest.CaptureFixture[str]
+
+def bench_args(*args: str, sets: list[str] = TINY) -> list[str]:
+    out = list(args)
+    for s in sets:
+        out += ["--set", s]
+    return out
+
+
+def table(out: str) -> dict[str, list[str]]:
+    """The printed table's rows: first column -> the other columns."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["net", "images/s"])
+    return {line.split()[0]: line.split()[1:] for line in lines[start + 1 :] if line.strip()}
+
+
+def test_bench_train_compares_nets_round_by_round(
+    prepared_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    sets = ["model.num_classes=4", "train.batch_size=4", "data.workers=0"]
-    args = ["train", "--steps", "2", "--warmup", "1", "--data"]
-    for s in [*sets, f"data.root={prepared_tiny}"]:
-        args += ["--set", s]
+    figures_file = tmp_path / "train.json"
+    args = ["train", "--compare", "torchvision", "--compare", "no_lrn", "--data"]
+    args += ["--steps", "1", "--rounds", "2", "--warmup", "1", "--json", str(figures_file)]
+    assert bench.main(bench_args(*args, sets=[*TINY, f"data.root={prepared_tiny}"])) == 0
+    out = capsys.readouterr().out
+    figures = json.loads(figures_file.read_text())
+    rounds = figures["rounds"]
+    assert list(rounds) == ["configured", "torchvision", "no_lrn"]
+    assert all(len(r) == 2 and min(r) > 0 for r in rounds.values())
+    rows = table(out.split("training step, cpu loader")[0])
+    base = statistics.median(rounds["torchvision"])
+    for name, r in rounds.items():
+        median, slowest, fastest, ratio = rows[name]
+        assert float(median) == pytest.approx(statistics.median(r), abs=0.051)
+        assert (float(slowest), float(fastest)) == pytest.approx((min(r), max(r)), abs=0.051)
+        assert float(ratio.rstrip("x")) == pytest.approx(statistics.median(r) / base, abs=0.0051)
+    assert figures["real_data"] > 0 and "cpu loader" in out
+
+
+def test_bench_eval_times_ten_view_batches(capsys: pytest.CaptureFixture[str]) -> None:
+    args = bench_args("eval", "--steps", "1", "--rounds", "2", "--warmup", "0")
     assert bench.main(args) == 0
     out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if "images/s" in line]
-    rates = [float(line.split(":")[-1].split()[0]) for line in lines]
-    assert len(rates) == 2 and all(r > 0 for r in rates), out
+    assert "2 images x 10 views" in out and "evaluation, 10 views per image" in out
+    assert float(table(out)["configured"][0]) > 0
+
+
+def test_bench_lrn_times_both_implementations(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["lrn", "--shape", "2,12,5,5", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(out) if line.startswith("implementation"))
+    names = ["former LRN", "LRN op", "ReLU + former LRN", "LRN op, ReLU fused"]
+    timings = {line[:20].strip(): line[20:].split() for line in out[start + 1 :]}
+    assert list(timings) == names
+    assert all(float(t[0]) > 0 for t in timings.values())
+    assert timings["LRN op"][1].endswith("x") and timings["LRN op, ReLU fused"][1].endswith("x")
+
+
+def test_bench_rejects_bad_counts(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(bench_args("train", "--steps", "0")) == 2
+    assert bench.main(["lrn", "--shape", "2,13,5,5"]) == 2  # 13 maps do not split in 2 towers
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)

@@ -1,8 +1,10 @@
-"""What every benchmark shares: a one-line description of the hardware its figures came from."""
+"""What every benchmark shares: a one-line description of the hardware its figures came from,
+and interleaved timing."""
 
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 
@@ -25,3 +27,23 @@ def hardware() -> str:
         f"{available_cpus()} CPUs ({model}), torch {torch.__version__}, "
         f"torchvision {torchvision.__version__}, GPU: {gpu}"
     )
+
+
+def synchronize(devices: Iterable[torch.device]) -> None:
+    """Wait for the queued work of every CUDA device in ``devices`` (a no-op for the CPU)."""
+    for device in set(devices):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+
+def interleaved(runs: Mapping[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Call every run once per round, in turn, for ``rounds`` rounds; each run's results.
+
+    Taking turns spreads a busy machine's slow spells over all candidates alike, so ratios of
+    medians stay meaningful where absolute figures drift.
+    """
+    results: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            results[name].append(run())
+    return results

@@ -2,28 +2,54 @@
 
 Times the real training step (``engine.train_one_epoch``: forward, loss, backward, the
 optimiser's update) on synthetic input already on the device, and, given ``--data``, on
-batches from the prepared data set through the configured loader. Warm-up steps (cuDNN
-autotuning, torch.compile) are run first and not counted.
+batches from the prepared data set through the configured loader. ``--compare torchvision``
+adds ``torchvision.models.alexnet`` and ``--compare no_lrn`` the configured net without LRN,
+each built with the same runtime (batch, dtype, memory format, compile setting) and optimiser.
+The nets take turns, round by round, in this one process; each one's median images/s over the
+rounds and its ratio to torchvision's are printed. Warm-up steps (cuDNN autotuning,
+torch.compile) run first and are not counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import itertools
+import statistics
+import time
 from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 from alexnet import runtime as runtime_lib
-from alexnet.bench.common import hardware
+from alexnet.atomic import write_json
+from alexnet.bench.common import hardware, interleaved, synchronize
 from alexnet.config import Config, input_size, load_config
 from alexnet.data.packed import PackedSplit, load_stats
 from alexnet.engine import EpochPlan, Hooks, train_one_epoch
+from alexnet.errors import UserError
 from alexnet.model import build_model
 from alexnet.optim import build_optimizer
+from alexnet.runtime import Runtime
+
+CONFIGURED = "configured"  # the net the config describes
+NETS = ("torchvision", "no_lrn")  # what --compare can add
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per round (default 5)")
+    p.add_argument(
+        "--data",
+        action="store_true",
+        help="also time real batches from data.root through data.loader (configured net)",
+    )
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    """The options ``bench train`` and ``bench eval`` share."""
     p.add_argument("--config", help="YAML config (default: the paper's recipe)")
     p.add_argument(
         "--set",
@@ -32,31 +58,60 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="config override, e.g. runtime.dtype=bfloat16 (repeatable)",
     )
-    p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     p.add_argument(
-        "--data",
-        action="store_true",
-        help="also time real batches from data.root through data.loader",
+        "--compare",
+        action="append",
+        default=[],
+        choices=NETS,
+        help="also time torchvision's AlexNet / the configured net without LRN (repeatable)",
     )
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per net (default 2)")
+    p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
 
 
-def measure(cfg: Config, batches: Iterator, steps: int, warmup: int) -> float:
-    """Images/s of ``steps`` training steps after ``warmup`` untimed ones."""
-    rt = runtime_lib.setup(cfg.parallel, cfg.runtime)
+@dataclasses.dataclass
+class Candidate:
+    """One net to time: its execution form, its optimiser and the runtime it runs in."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    rt: Runtime
+
+
+def build_candidate(name: str, cfg: Config, rt: Runtime) -> Candidate:
+    """The configured net, ``no_lrn`` or ``torchvision``, wrapped by ``rt`` like a training run.
+
+    torchvision's net has no towers: under ``parallel.mode=two_device`` it runs on the first
+    device alone.
+    """
     torch.manual_seed(cfg.train.seed)
-    module = rt.wrap(build_model(cfg.model))
-    optimizer = build_optimizer(runtime_lib.unwrap(module), cfg.optim)
-    rates = []
-    for n in (warmup, steps):
-        plan = EpochPlan(0, 0, n, 0, log_every=n, checkpoint_every=0)
-        result = train_one_epoch(
-            module, itertools.islice(batches, n), optimizer, rt, plan, Hooks(), show_progress=False
-        )
-        if rt.device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(result["images"] / result["seconds"])
-    return rates[-1]
+    if name == "torchvision":
+        import torchvision
+
+        model: nn.Module = torchvision.models.alexnet(num_classes=cfg.model.num_classes)
+        if len(rt.devices) == 2:
+            rt = dataclasses.replace(rt, mode="single", devices=rt.devices[:1])
+    elif name == "no_lrn":
+        lrn = dataclasses.replace(cfg.model.lrn, enabled=False)
+        model = build_model(dataclasses.replace(cfg.model, lrn=lrn))
+    else:
+        model = build_model(cfg.model)
+    module = rt.wrap(model)
+    return Candidate(module, build_optimizer(runtime_lib.unwrap(module), cfg.optim), rt)
+
+
+def train_rate(c: Candidate, batches: Iterator, steps: int) -> float:
+    """Images/s of ``steps`` training steps, the clock stopped once the devices are done."""
+    plan = EpochPlan(0, 0, steps, 0, log_every=steps, checkpoint_every=0)
+    synchronize(c.rt.devices)
+    start = time.perf_counter()
+    batches = itertools.islice(batches, steps)
+    result = train_one_epoch(
+        c.module, batches, c.optimizer, c.rt, plan, Hooks(), show_progress=False
+    )
+    synchronize(c.rt.devices)
+    return result["images"] / (time.perf_counter() - start)
 
 
 def synthetic_batches(cfg: Config, device: torch.device) -> Iterator:
@@ -84,18 +139,58 @@ def real_batches(cfg: Config, device: torch.device) -> Iterator:
     return itertools.chain.from_iterable(loader.epoch(e) for e in itertools.count())
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.set)
-    device = runtime_lib.setup(cfg.parallel, cfg.runtime).device
-    print(hardware())
-    print(
+def settings(cfg: Config) -> str:
+    """The settings every compared net shares, in one line."""
+    rt = cfg.runtime
+    return (
         f"model {cfg.model.arch}, {cfg.parallel.mode}, batch {cfg.train.batch_size}, "
-        f"{cfg.runtime.dtype}, channels_last={cfg.runtime.channels_last}, "
-        f"compile={cfg.runtime.compile}, optimiser {cfg.optim.momentum_semantics}"
+        f"{rt.dtype} (eval {rt.eval_dtype}), channels_last={rt.channels_last}, "
+        f"compile={rt.compile} ({rt.compile_mode}), optimiser {cfg.optim.momentum_semantics}"
     )
-    rate = measure(cfg, synthetic_batches(cfg, device), args.steps, args.warmup)
-    print(f"training step, synthetic input: {rate:10.1f} images/s")
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    if args.steps < 1 or args.rounds < 1 or args.warmup < 0:
+        raise UserError("--steps and --rounds must be >= 1, --warmup >= 0")
+
+
+def report(
+    what: str, rates: dict[str, list[float]], args: argparse.Namespace, cfg: Config
+) -> dict[str, object]:
+    """Print each net's median images/s (and ratio to torchvision); the figures as a dict."""
+    medians = {name: statistics.median(r) for name, r in rates.items()}
+    base = medians.get("torchvision")
+    print(f"{what}: {args.rounds} interleaved rounds of {args.steps} batches per net")
+    print(f"{'net':<12} {'images/s':>10} {'slowest':>10} {'fastest':>10} {'vs torchvision':>15}")
+    for name, r in rates.items():
+        ratio = f"{medians[name] / base:.2f}x" if base else "-"
+        print(f"{name:<12} {medians[name]:>10.1f} {min(r):>10.1f} {max(r):>10.1f} {ratio:>15}")
+    ratios = {n: m / base for n, m in medians.items()} if base else {}
+    out = {"what": what, "hardware": hardware(), "settings": settings(cfg), "rounds": rates}
+    out.update(median=medians, ratio_to_torchvision=ratios)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    check_counts(args)
+    cfg = load_config(args.config, args.set)
+    rt = runtime_lib.setup(cfg.parallel, cfg.runtime)
+    print(hardware())
+    print(settings(cfg))
+    nets = {name: build_candidate(name, cfg, rt) for name in [CONFIGURED, *args.compare]}
+    batches = synthetic_batches(cfg, rt.device)
+    for net in nets.values():
+        if args.warmup:
+            train_rate(net, batches, args.warmup)
+    timed = {n: functools.partial(train_rate, net, batches, args.steps) for n, net in nets.items()}
+    figures = report("training step, synthetic input", interleaved(timed, args.rounds), args, cfg)
     if args.data:
-        rate = measure(cfg, real_batches(cfg, device), args.steps, args.warmup)
-        print(f"training step, {cfg.data.loader} loader on {cfg.data.root}: {rate:10.1f} images/s")
+        net = nets[CONFIGURED]
+        data = real_batches(cfg, rt.device)
+        train_rate(net, data, max(args.warmup, 1))
+        rate = statistics.median(train_rate(net, data, args.steps) for _ in range(args.rounds))
+        print(f"training step, {cfg.data.loader} loader on {cfg.data.root}: {rate:.1f} images/s")
+        figures["real_data"] = rate
+    if args.json:
+        write_json(args.json, figures)
     return 0
