@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from alexnet import atomic, runtime
-from alexnet.checkpoint import BEST, LAST, load_checkpoint
-from alexnet.config import Config, ParallelConfig, config_from_dict, input_size
+from alexnet import atomic, inference, runtime
+from alexnet.checkpoint import BEST, LAST
+from alexnet.config import Config
 from alexnet.data.loaders import EvalLoader
-from alexnet.data.packed import PackedSplit, Stats
+from alexnet.data.packed import PackedSplit
 from alexnet.data.transforms import center_crop
 from alexnet.errors import UserError
 from alexnet.log import info
@@ -39,32 +39,23 @@ class Trained:
 
     run: Path
     checkpoint: Path
-    cfg: Config
-    model: AlexNet
+    net: inference.Trained  # the network on the CPU and its preprocessing
+    cfg: Config  # the stored config with the command line's data changes
+    model: AlexNet  # ``net.model`` on ``rt.device``
     rt: runtime.Runtime
-    stats: Stats
-    class_ids: list[str]  # folder names / wnids, in label order
     class_names: list[str]  # in words ("tench, Tinca tinca"), in label order
-    epoch: int
 
     def split(self, name: str | None = None) -> PackedSplit:
-        """A split (default: the validation split) of the run's data, checked against the run."""
-        split = PackedSplit(self.cfg.data.root, name or self.cfg.data.val_split)
-        if split.classes != self.class_ids:
-            raise UserError(f"{split.root} has other classes than {self.checkpoint} was trained on")
-        return split
+        """A split (default: the validation split) of the run's data."""
+        return PackedSplit(self.cfg.data.root, name or self.cfg.data.val_split)
 
-    def loader(self, split: PackedSplit, views: int = 1, batch_size: int | None = None):
-        """Evaluation batches of ``split`` (``views`` 1 or 10) on the run's device."""
-        return EvalLoader(
-            split,
-            self.stats,
-            data=self.cfg.data,
-            input_size=input_size(self.cfg.model),
-            batch_size=batch_size or self.cfg.eval.batch_size,
-            device=self.rt.device,
-            views=views,
-        )
+    def loader(
+        self, split: PackedSplit, views: int = 1, batch_size: int | None = None
+    ) -> EvalLoader:
+        """Evaluation batches of ``split`` (``views`` 1 or 10) on the run's device, made the
+        way the network was evaluated in training; the classes must be the run's."""
+        size = batch_size or self.cfg.eval.batch_size
+        return self.net.eval_loader(split, views, size, self.rt.device, self.cfg.data.workers)
 
 
 def find_checkpoint(run: Path) -> Path:
@@ -83,35 +74,24 @@ def load_trained(run: Path, checkpoint: Path | None = None, **changes: Any) -> T
     folder), ``workers`` (loader processes) and ``batch_size`` (images per evaluation batch).
     """
     path = checkpoint or find_checkpoint(run)
-    state = load_checkpoint(path)
-    if "config" not in state or "data_stats" not in state:
-        raise UserError(f"{path} was not written by alexnet.train (no config or data_stats)")
-    cfg = _changed(config_from_dict(state["config"], f"config stored in {path}"), changes)
-    device = changes.get("device")
-    if device and device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
-    rt = runtime.setup(ParallelConfig(devices=(device,) if device else ()), cfg.runtime)
-    with torch.device("meta"):  # no throw-away initialisation of 61M weights
-        model = AlexNet(cfg.model)
-    model = model.to_empty(device=rt.device)
-    model.load_state_dict(state["model"])
-    ids = list(state.get("classes") or [str(i) for i in range(cfg.model.num_classes)])
-    names = list(state.get("class_names") or _names_from_data(cfg, ids))
-    p = state["data_stats"]
-    arrays = [p[k].double().numpy() for k in ("mean", "cov", "eigval", "eigvec")]
-    stats = Stats(*arrays, pixels=0)
-    return Trained(run, path, cfg, model.eval(), rt, stats, ids, names, int(state.get("epoch", 0)))
+    net = inference.load_trained(path)
+    if net.stats is None:
+        raise UserError(f"{path} holds torchvision's weights: give a run written by alexnet.train")
+    cfg = _with(net.cfg, "data", root=changes.get("data"), workers=changes.get("workers"))
+    cfg = _with(cfg, "eval", batch_size=changes.get("batch_size"))
+    rt = net.runtime(changes.get("device"))
+    names = (
+        net.class_names if net.class_names != net.classes else _names_from_data(cfg, net.classes)
+    )
+    return Trained(run, path, net, cfg, net.model.to(rt.device), rt, names)
 
 
-def _changed(cfg: Config, changes: dict[str, Any]) -> Config:
-    data = {"root": changes.get("data"), "workers": changes.get("workers")}
-    data = {k: v for k, v in data.items() if v is not None}
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **data))
-    if changes.get("batch_size"):
-        cfg = dataclasses.replace(
-            cfg, eval=dataclasses.replace(cfg.eval, batch_size=changes["batch_size"])
-        )
-    return cfg
+def _with(cfg: Config, section: str, **values: Any) -> Config:
+    """``cfg`` with the values that are not None set in ``section``."""
+    values = {k: v for k, v in values.items() if v is not None}
+    return dataclasses.replace(
+        cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)}
+    )
 
 
 def _names_from_data(cfg: Config, ids: list[str]) -> list[str]:

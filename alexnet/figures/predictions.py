@@ -95,7 +95,7 @@ def draw(images: torch.Tensor, shown: Sequence[Shown], names: Sequence[str], tit
         colours = ["lightcoral" if cls == s.label else "lightsteelblue" for cls in s.classes]
         bars.barh(range(len(s.classes)), s.probs, color=colours, height=0.8)
         for y, p in enumerate(s.probs):
-            bars.text(min(p, 0.8) + 0.01, y, f"{100 * p:.0f}%", va="center", fontsize=6.5)
+            bars.text(0.98, y, f"{100 * p:.0f}%", ha="right", va="center", fontsize=7)
         bars.set_yticks(range(len(s.classes)), labels=[names[cls] for cls in s.classes])
         bars.tick_params(axis="y", length=0, pad=-4, labelsize=8)
         for label in bars.get_yticklabels():

@@ -45,7 +45,7 @@ class Row:
     changes: list[str]  # "key=value" where the run's config differs from the baseline's
     top1: dict[str, float | None]
     top5: dict[str, float | None]
-    paper: tuple[str, tuple[float | None, float | None]] | None  # matching ablation, if any
+    paper: tuple[str, tuple[float | None, float | None]] | None  # the paper's, if it has one
 
 
 def read_errors(run: Path) -> tuple[dict[str, float | None], dict[str, float | None]]:
@@ -88,17 +88,20 @@ def table_rows(runs: list[Path], baseline: Path) -> list[Row]:
     for run, label in zip(ordered, labels_for(ordered), strict=True):
         cfg = flat_config(run)
         changed = sorted(k for k in cfg.keys() | base.keys() if cfg.get(k) != base.get(k))
-        match = next(
-            (
-                (what, gain)
-                for key, value, what, gain in PAPER_ABLATIONS
-                if key in changed and cfg.get(key) == value
-            ),
-            None,
-        )
         changes = [f"{k}={json.dumps(cfg.get(k))}" for k in changed]
-        rows.append(Row(label, changes, *read_errors(run), match))
+        rows.append(Row(label, changes, *read_errors(run), paper_ablation(cfg, changed)))
     return rows
+
+
+Gain = tuple[float | None, float | None]  # points of top-1, top-5 error; None = not stated
+
+
+def paper_ablation(cfg: dict[str, Any], changed: list[str]) -> tuple[str, Gain] | None:
+    """(what the run lacks, the paper's gain) if the run is one of the paper's ablations."""
+    for key, value, what, gain in PAPER_ABLATIONS:
+        if key in changed and cfg.get(key) == value:
+            return what, gain
+    return None
 
 
 def _pct(x: float | None) -> str:
