@@ -85,9 +85,10 @@ def _run(args: argparse.Namespace) -> int:
         write_features(trained, PackedSplit(args.data, args.split), args.layer, opts, args.out)
         info(f"wrote {args.out}")
         return 0
-    train = extract(trained, PackedSplit(args.data, args.train_split), args.layer, opts)
+    train_split = PackedSplit(args.data, args.train_split)
+    train = extract(trained, train_split, args.layer, opts)
     test = extract(trained, PackedSplit(args.data, args.split), args.layer, opts)
-    probe = fit_probe(train.features, train.labels, len(trained.classes), args.l2)
+    probe = fit_probe(train.features, train.labels, len(train_split.classes), args.l2)
     result = {
         "checkpoint": trained.name,
         "data": str(args.data),
@@ -146,7 +147,9 @@ def extract(
     views averaged, in the split's order; written into ``rows`` ((N, D), e.g. a memory map)
     when given."""
     rt = trained.runtime(opts.device)
-    loader = trained.eval_loader(split, opts.views, opts.batch_size, rt.device, opts.workers)
+    loader = trained.eval_loader(
+        split, opts.views, opts.batch_size, rt.device, opts.workers, same_classes=False
+    )
     model = trained.model.to(rt.device).eval()
     dim = feature_size(trained, layer)
     rows = np.empty((len(split), dim), np.float32) if rows is None else rows
@@ -178,8 +181,8 @@ def write_features(
             out,
             features=found.features,
             labels=found.labels,
-            classes=np.array(trained.classes, str),
-            class_names=np.array(trained.class_names, str),
+            classes=np.array(split.classes, str),  # what the labels index
+            class_names=np.array(split.class_names, str),
             layer=np.array(layer),
             views=np.int64(opts.views),
             checkpoint=np.array(trained.name),

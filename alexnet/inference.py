@@ -65,9 +65,11 @@ class Trained:
         batch_size: int,
         device: torch.device | str,
         workers: int | None = None,
+        same_classes: bool = True,
     ) -> EvalLoader:
-        """Batches of ``split`` made the way this network was evaluated in training."""
-        if split.classes != self.classes:
+        """Batches of ``split`` made the way this network was evaluated in training;
+        ``same_classes``: refuse a split whose classes are not the network's outputs."""
+        if same_classes and split.classes != self.classes:
             raise UserError(
                 f"{split.root} has other classes than {self.name} was trained on "
                 f"({len(split.classes)} vs {len(self.classes)})"

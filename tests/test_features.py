@@ -12,7 +12,7 @@ import torch
 from torchvision.transforms import v2
 
 from alexnet import features
-from alexnet.checkpoint import load_checkpoint
+from alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.config import config_from_dict
 from alexnet.data.packed import PackedSplit
 from alexnet.model import AlexNet
@@ -75,11 +75,21 @@ def test_probe_is_the_regularised_softmax_regression() -> None:
 def test_probe_command(
     tiny_run: Path, prepared_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["--checkpoint", str(tiny_run / "best.pt"), "--data", str(prepared_tiny), "--probe"]
+    """The network was trained on other classes (3 of them) than the data's 4: the probe's
+    classes are the data's."""
+    state = load_checkpoint(tiny_run / "best.pt")
+    for key in ("fc8.weight", "fc8.bias"):
+        state["model"][key] = state["model"][key][:3].clone()
+    state["config"]["model"]["num_classes"] = 3
+    state["classes"] = state["class_names"] = ["x", "y", "z"]
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, {k: v for k, v in state.items() if k not in ("format", "version")})
+    args = ["--checkpoint", str(other), "--data", str(prepared_tiny), "--probe"]
     out = tmp_path / "probe.json"
     assert features.main([*args, "--layer", "pool5", "--json", str(out), "--workers", "0"]) == 0
     result = json.loads(out.read_text())
     assert (result["train"]["n"], result["test"]["n"], result["layer"]) == (48, 16, "pool5")
+    assert result["train"]["top1_err"] < 0.75  # better than chance on the data's 4 classes
     assert "linear probe on pool5" in capsys.readouterr().err
     assert features.main(args[:4]) == 2  # neither --out nor --probe
     assert "either --out" in capsys.readouterr().err
