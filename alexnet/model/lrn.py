@@ -174,10 +174,12 @@ def _backward_block(buf: _Buffers, p: LRNParams, x: Tensor, g: Tensor, dx: Tenso
     t = torch.mul(g, a, out=buf.inner)  # g a s / (k + alpha S), into the padded buffer
     t.mul_(scale).div_(base)
     window = _window_sum(buf.padded, p.size, out=base)
-    out = torch.mul(g, scale, out=scale).addcmul_(a, window, value=-2 * p.alpha * p.beta)
+    out = dx if dx.dtype == buf.dtype else scale  # bf16: computed in float32, then rounded
+    torch.mul(g, scale, out=out).addcmul_(a, window, value=-2 * p.alpha * p.beta)
     if p.relu:  # ReLU's gradient: zero where the pre-activation was not positive
-        out = torch.where(a > 0, out, out.new_zeros(()), out=out)
-    dx.copy_(out)
+        torch.where(a > 0, out, buf.zero, out=out)
+    if out is not dx:
+        dx.copy_(out)
 
 
 def _each_block(work: Callable[..., None], p: LRNParams, x: Tensor, *others: Tensor) -> None:
@@ -193,7 +195,7 @@ def _each_block(work: Callable[..., None], p: LRNParams, x: Tensor, *others: Ten
 
     @torch.inference_mode()  # helper threads do not inherit the caller's autograd state
     def worker() -> None:
-        buffers = _Buffers(blocks[0][0], p.size, _compute_dtype(x))
+        buffers = _Buffers(blocks[0][0], p, _compute_dtype(x))
         while (i := next_block()) < len(blocks):
             work(buffers.fit(blocks[i][0]), p, *blocks[i])
 
@@ -246,13 +248,14 @@ class _Buffers:
     """One thread's scratch space for blocks up to ``largest``'s shape, in the compute dtype
     (float32, or float64 for float64 inputs); ``fit`` views it at one block's shape."""
 
-    def __init__(self, largest: Tensor, size: int, dtype: torch.dtype) -> None:
+    def __init__(self, largest: Tensor, p: LRNParams, dtype: torch.dtype) -> None:
         rows, self.channels, cols = largest.shape
-        self.half = size // 2
+        self.half = p.size // 2
         shape = (rows, self.channels, cols)
         self._padded = largest.new_zeros((rows, self.channels + 2 * self.half, cols), dtype=dtype)
         self._a, self._base, self._scale = (largest.new_empty(shape, dtype=dtype) for _ in "abs")
         self.dtype = dtype
+        self.k, self.zero = (largest.new_tensor(v, dtype=dtype) for v in (p.k, 0.0))  # 0-dim
 
     def fit(self, block: Tensor) -> _Buffers:
         rows, _, cols = block.shape
@@ -274,7 +277,8 @@ def _activation(x: Tensor, buf: _Buffers, relu: bool) -> Tensor:
 def _base(a: Tensor, buf: _Buffers, p: LRNParams) -> Tensor:
     """k + alpha * S, into ``buf.base``."""
     torch.mul(a, a, out=buf.inner)
-    return _window_sum(buf.padded, p.size, out=buf.base).mul_(p.alpha).add_(p.k)
+    total = _window_sum(buf.padded, p.size, out=buf.base)
+    return torch.add(buf.k, total, alpha=p.alpha, out=total)
 
 
 def _window_sum(padded: Tensor, size: int, out: Tensor) -> Tensor:

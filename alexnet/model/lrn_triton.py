@@ -79,6 +79,7 @@ def _launch(x: Tensor, p: Any, tile: int) -> tuple[tuple[int, int], dict[str, An
         "BETA_075": p.beta == 0.75,
         "BLOCK_POS": block_pos,
         "BLOCK_C": block_c,
+        "num_warps": 8,  # 256 threads: 8 to 16 tile elements each
     }
     return (triton.cdiv(cols, block_pos), rows), meta
 
