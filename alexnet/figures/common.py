@@ -30,6 +30,7 @@ from alexnet.log import info
 from alexnet.model import AlexNet
 
 DPI = 150  # sharp on a screen, a few hundred kB per figure
+PHOTO_DPI = 100  # figures made of photos: about their own pixels, 1-2 MB
 FIGURES = "figures"  # <run>/figures/<name>.png
 
 
@@ -154,10 +155,10 @@ def output_path(out: Path | None, run: Path, name: str) -> Path:
     return out if out is not None else run / FIGURES / f"{name}.png"
 
 
-def save_figure(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path, dpi: int = DPI) -> Path:
     """Write ``fig`` as a PNG, atomically; returns ``path``."""
     with atomic.atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=DPI)
+        fig.savefig(f, format="png", dpi=dpi)
     info(f"wrote {path}")
     return path
 

@@ -89,6 +89,7 @@ def draw(weight: torch.Tensor, arch: str, title: str, per_kernel: bool = False) 
         hist.axvline(fractions.mean(), color=colour, linewidth=2)
     hist.axvline(RANDOM_FRACTION, color="grey", linestyle=":", label="random kernels")
     hist.set_xlim(0, 1)
+    hist.set_ylim(0, 1.4 * hist.get_ylim()[1])  # room for the legend above the bars
     hist.set_xlabel("energy off the grey axis (per kernel)")
     hist.set_ylabel("kernels")
     hist.set_title("colour specificity (lines: means)", fontsize=10)

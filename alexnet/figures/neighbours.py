@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from alexnet.figures.common import (
+    PHOTO_DPI,
     Trained,
     add_model_arguments,
     features,
@@ -135,5 +136,5 @@ def run(args: argparse.Namespace) -> int:
         f"in {LAYER} (Euclidean; green: same class)"
     )
     fig = draw(pictures(val, queries), found, labels, d, trained.class_names, title)
-    save_figure(fig, output_path(args.out, args.run, "neighbours"))
+    save_figure(fig, output_path(args.out, args.run, "neighbours"), PHOTO_DPI)
     return 0

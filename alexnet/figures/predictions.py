@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from alexnet.engine import predict
 from alexnet.figures.common import (
+    PHOTO_DPI,
     Trained,
     add_model_arguments,
     image_axes,
@@ -132,5 +133,5 @@ def run(args: argparse.Namespace) -> int:
         f"({views} view{'s' if views > 1 else ''}, softmax averaged)"
     )
     fig = draw(images, shown, trained.class_names, title)
-    save_figure(fig, output_path(args.out, args.run, "predictions"))
+    save_figure(fig, output_path(args.out, args.run, "predictions"), PHOTO_DPI)
     return 0
