@@ -255,3 +255,19 @@ def test_triton_on_cuda_matches_the_portable_path(dtype: torch.dtype, channels_l
         assert got.dtype == dtype and got.is_contiguous(memory_format=fmt)
         err = (got.double().cpu() - want).abs().max().item()
         assert err <= eps * want.abs().max().item(), err
+
+
+@pytest.mark.cuda
+def test_float64_on_cuda_is_computed_in_float64() -> None:
+    """Triton computes in float32, so float64 CUDA tensors take the portable path (whole-tensor
+    ops on the caller's stream) and agree with the CPU to float64 rounding."""
+    x = activations(2, 96, 5, 7, dtype=torch.float64)
+    grad = torch.randn_like(x)
+    results = []
+    for device in ("cpu", "cuda"):
+        xd = x.to(device).requires_grad_()
+        y = lrn(xd, 5, 1e-4, 0.75, 2.0, 2, relu=True)
+        y.backward(grad.to(device))
+        results.append((y.cpu(), xd.grad.cpu()))
+    for cpu, cuda in zip(*results, strict=True):
+        torch.testing.assert_close(cuda, cpu, rtol=1e-12, atol=1e-12 * cpu.abs().max().item())

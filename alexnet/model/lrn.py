@@ -190,7 +190,12 @@ def _each_block(work: Callable[..., None], p: LRNParams, x: Tensor, *others: Ten
     turn. No thread waits for another until the end, so a busy machine costs no more than
     the cores it takes away.
     """
-    blocks = list(_blocks(p.groups, x, *others))  # the first is the largest
+    views = [_channel_view(t, p.groups) for t in (x, *others)]
+    if x.device.type == "cpu":
+        blocks = list(_blocks(views))  # the first is the largest
+        threads = min(torch.get_num_threads(), len(blocks))
+    else:  # e.g. float64 on a GPU: whole-tensor ops, in the caller's thread and CUDA stream
+        blocks, threads = [tuple(views)], 1
     next_block = itertools.count().__next__  # atomic under the GIL
 
     @torch.inference_mode()  # helper threads do not inherit the caller's autograd state
@@ -199,7 +204,6 @@ def _each_block(work: Callable[..., None], p: LRNParams, x: Tensor, *others: Ten
         while (i := next_block()) < len(blocks):
             work(buffers.fit(blocks[i][0]), p, *blocks[i])
 
-    threads = min(torch.get_num_threads(), len(blocks))
     helpers = [_pool(threads - 1, os.getpid()).submit(worker) for _ in range(threads - 1)]
     worker()  # the calling thread takes blocks too
     for helper in helpers:
@@ -233,9 +237,8 @@ def _channel_view(t: Tensor, groups: int) -> Tensor:
     return t.view(n * groups, c // groups, h * w)
 
 
-def _blocks(groups: int, *tensors: Tensor) -> Iterator[tuple[Tensor, ...]]:
-    """Matching blocks of about ``BLOCK`` elements of same-layout tensors' channel views."""
-    views = [_channel_view(t, groups) for t in tensors]
+def _blocks(views: list[Tensor]) -> Iterator[tuple[Tensor, ...]]:
+    """Matching blocks of about ``BLOCK`` elements of same-shape channel views."""
     rows, chans, cols = views[0].shape
     width = min(cols, max(1, BLOCK // chans))
     height = max(1, BLOCK // (chans * width))

@@ -15,6 +15,7 @@ Triton's interpreter (``TRITON_INTERPRET=1``).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -27,8 +28,10 @@ MAX_CHANNELS = 1024  # wider groups use the portable path
 
 
 def supports(x: Tensor, groups: int) -> bool:
-    """Whether these kernels handle ``x`` (any float dtype, at most 1024 maps per group)."""
-    return x.shape[1] // groups <= MAX_CHANNELS
+    """Whether these kernels handle ``x``: float32/16 or bfloat16 (they compute in float32, so
+    float64 takes the portable path), at most 1024 maps per group."""
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
+    return x.dtype in dtypes and x.shape[1] // groups <= MAX_CHANNELS
 
 
 def forward(x: Tensor, p: Any) -> Tensor:
@@ -36,7 +39,8 @@ def forward(x: Tensor, p: Any) -> Tensor:
     x = x.contiguous(memory_format=_memory_format(x))
     y = torch.empty_like(x)
     grid, meta = _launch(x, p, TILE)
-    _forward_kernel[grid](x, y, *_geometry(x, p.groups), p.alpha, p.k, p.beta, **meta)
+    with _device_of(x):
+        _forward_kernel[grid](x, y, *_geometry(x, p.groups), p.alpha, p.k, p.beta, **meta)
     return y
 
 
@@ -46,8 +50,15 @@ def backward(grad: Tensor, x: Tensor, p: Any) -> Tensor:
     grad = grad.contiguous(memory_format=_memory_format(x))
     dx = torch.empty_like(x)
     grid, meta = _launch(x, p, TILE // 2)
-    _backward_kernel[grid](grad, x, dx, *_geometry(x, p.groups), p.alpha, p.k, p.beta, **meta)
+    with _device_of(x):
+        _backward_kernel[grid](grad, x, dx, *_geometry(x, p.groups), p.alpha, p.k, p.beta, **meta)
     return dx
+
+
+def _device_of(x: Tensor) -> contextlib.AbstractContextManager:
+    """Make ``x``'s GPU the current device: Triton launches there (towers on cuda:1, too).
+    CPU tensors (Triton's interpreter, in tests) need nothing."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def _memory_format(x: Tensor) -> torch.memory_format:
