@@ -13,11 +13,10 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from alexnet import atomic, inference, runtime
 from alexnet.checkpoint import BEST, LAST
@@ -28,6 +27,9 @@ from alexnet.data.transforms import center_crop
 from alexnet.errors import UserError
 from alexnet.log import info
 from alexnet.model import AlexNet
+
+if TYPE_CHECKING:  # matplotlib is imported by the figures themselves, when they are drawn
+    from matplotlib.figure import Figure
 
 DPI = 150  # sharp on a screen, a few hundred kB per figure
 PHOTO_DPI = 100  # figures made of photos: about their own pixels, 1-2 MB
