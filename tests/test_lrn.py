@@ -165,17 +165,46 @@ def test_opcheck(channels_last: bool, relu: bool) -> None:
 
 def test_the_block_walk_covers_the_tensor(monkeypatch: pytest.MonkeyPatch) -> None:
     """Blocks smaller than one map (and ragged last blocks) give the same values."""
-    import alexnet.model.lrn as lrn_module
+    import alexnet.model.lrn_portable as portable
 
     x = activations(3, 10, 7, 9, dtype=torch.float64)
     p = LRNParams(5, 1e-4, 0.75, 2.0, 2, True)
     grad = torch.randn_like(x)
     whole = portable_forward(x, p), portable_backward(grad, x, p)
-    monkeypatch.setattr(lrn_module, "BLOCK", 17)
+    monkeypatch.setattr(portable, "BLOCK", 17)
     for layout in (torch.contiguous_format, torch.channels_last):
         xl, gl = x.contiguous(memory_format=layout), grad.contiguous(memory_format=layout)
         torch.testing.assert_close(portable_forward(xl, p), whole[0], rtol=1e-14, atol=0.0)
         torch.testing.assert_close(portable_backward(gl, xl, p), whole[1], rtol=1e-14, atol=0.0)
+
+
+def test_worker_threads_give_the_same_bits_and_leave_torch_threads_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Blocks taken by several worker threads (each block's ops run on one core) give exactly
+    the one-thread result, and the process's torch thread setting is untouched."""
+    import threading
+
+    import alexnet.model.lrn_portable as portable
+
+    x = activations(4, 12, 9, 9)
+    grad = torch.randn_like(x)
+    p = LRNParams(5, 1e-4, 0.75, 2.0, 2, True)
+    before = torch.get_num_threads()
+    monkeypatch.setattr(portable, "BLOCK", 100)
+    try:
+        torch.set_num_threads(1)
+        alone = portable_forward(x, p), portable_backward(grad, x, p)
+        torch.set_num_threads(3)
+        shared = portable_forward(x, p), portable_backward(grad, x, p)
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        thread.start()
+        thread.join()
+        assert torch.get_num_threads() == 3 and seen == [3]
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(a, b) for a, b in zip(alone, shared, strict=True))
 
 
 @pytest.mark.slow
