@@ -92,7 +92,7 @@ def _launch(x: Tensor, p: Any, tile: int) -> tuple[tuple[int, int], dict[str, An
         "BLOCK_C": block_c,
         "num_warps": 8,  # 256 threads: 8 to 16 tile elements each
     }
-    return (triton.cdiv(cols, block_pos), rows), meta
+    return (rows, triton.cdiv(cols, block_pos)), meta  # rows grow with the batch: axis 0
 
 
 @triton.jit
@@ -134,8 +134,8 @@ def _forward_kernel(
     BLOCK_POS: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    pos = tl.program_id(0) * BLOCK_POS + tl.arange(0, BLOCK_POS)
-    row = tl.program_id(1).to(tl.int64)
+    pos = tl.program_id(1) * BLOCK_POS + tl.arange(0, BLOCK_POS)
+    row = tl.program_id(0).to(tl.int64)
     chan = tl.arange(0, BLOCK_C)
     pos_ok = pos < cols
     at = row * row_stride + pos.to(tl.int64)[:, None] * col_stride  # (BLOCK_POS, 1)
@@ -169,8 +169,8 @@ def _backward_kernel(
     BLOCK_POS: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    pos = tl.program_id(0) * BLOCK_POS + tl.arange(0, BLOCK_POS)
-    row = tl.program_id(1).to(tl.int64)
+    pos = tl.program_id(1) * BLOCK_POS + tl.arange(0, BLOCK_POS)
+    row = tl.program_id(0).to(tl.int64)
     chan = tl.arange(0, BLOCK_C)
     pos_ok = pos < cols
     at = row * row_stride + pos.to(tl.int64)[:, None] * col_stride
