@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from alexnet import atomic
+from alexnet.data import normalize as N
 from alexnet.data import transforms as T
 from alexnet.errors import UserError, report_user_errors
 from alexnet.inference import Trained, load_trained
@@ -57,7 +58,7 @@ class Deployed(nn.Module):
         self.norm = norm
 
     def forward(self, images: Tensor) -> Tensor:
-        x = T.finish_views(images[:, None], self.positions, self.norm)[:, 0]
+        x = N.finish_views(images[:, None], self.positions, self.norm)[:, 0]
         return self.net(x)
 
 

@@ -19,7 +19,7 @@ import torch
 from alexnet import runtime
 from alexnet.checkpoint import load_checkpoint
 from alexnet.config import Config, ParallelConfig, config_from_dict, input_size
-from alexnet.data import transforms as T
+from alexnet.data import normalize as N
 from alexnet.data.loaders import EvalLoader
 from alexnet.data.packed import PackedSplit, Stats
 from alexnet.errors import UserError
@@ -43,10 +43,10 @@ class Trained:
     def input_size(self) -> int:
         return input_size(self.cfg.model)
 
-    def normalizer(self, device: torch.device | str = "cpu") -> T.Normalizer:
+    def normalizer(self, device: torch.device | str = "cpu") -> N.Normalizer:
         """Mean subtraction (or torchvision's scaling) and channel order, as in training."""
         data = self.cfg.data
-        return T.build_normalizer(
+        return N.build_normalizer(
             self.stats, data.normalize, self.input_size, device, channel_order=data.channel_order
         )
 

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from alexnet import atomic, paper
+from alexnet.data import normalize as N
 from alexnet.data import transforms as T
 from alexnet.data.units import Settings, load_rgb, resize_stored
 from alexnet.engine import predict
@@ -173,7 +174,7 @@ class _Batches:
                 index.append(i)
             if len(images) == self.args.batch_size or (i == len(self.files) - 1 and images):
                 batch = torch.stack(images).to(self.device)
-                views = T.finish_views(T.crop_views(batch, positions, size), positions, norm)
+                views = N.finish_views(T.crop_views(batch, positions, size), positions, norm)
                 yield views, torch.tensor(index)
                 images, index = [], []
 

@@ -7,7 +7,6 @@ checks, and a short summary with warnings for anything that needs attention.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections import Counter
@@ -15,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import paper
+from alexnet.data.labels import WNID
 from alexnet.data.prepare import prepare
-from alexnet.data.sources import WNID, find_sources
+from alexnet.data.sources import find_sources
 from alexnet.data.units import Settings
 from alexnet.errors import UserError, report_user_errors
+from alexnet.runtime import available_cpus
 
 EXAMPLES = """examples:
   python -m alexnet.prepare /data/imagenet data/ilsvrc2012
@@ -44,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("source", type=Path, help="folder with train/<class>/ and val/ (or test/)")
     p.add_argument("out", type=Path, help="output folder (created; resumed if unfinished)")
+    _add_label_arguments(p)
+    _add_storage_arguments(p)
+    return p
+
+
+def _add_label_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the validation labels, the class order and the class names in words come from."""
     p.add_argument(
         "--val-labels",
         type=Path,
@@ -71,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="class names in words for figures: synset_words.txt (`wnid words`) or "
         "map_clsloc.txt; default: --class-list or such a file in SOURCE, else folder names",
     )
+
+
+def _add_storage_arguments(p: argparse.ArgumentParser) -> None:
+    """How images are stored, and how the work is split and checked."""
     p.add_argument(
         "--encoding",
         choices=("jpeg", "raw"),
@@ -90,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=int,
-        default=_cpu_count(),
+        default=available_cpus(),
         metavar="N",
         help="worker processes (default: all cores, here %(default)s)",
     )
@@ -114,11 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="check ILSVRC-2012 counts and classes; auto: when there are 1000 wnid "
         "classes and no --limit-per-class",
     )
-    return p
-
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def main(argv: list[str] | None = None) -> int:

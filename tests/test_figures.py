@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 from alexnet.config import dump_yaml, load_config
+from alexnet.data.labels import read_class_words
 from alexnet.data.packed import PackedSplit
-from alexnet.data.sources import find_sources, read_class_words
+from alexnet.data.sources import find_sources
 from alexnet.engine import evaluate, predict
 from alexnet.figures import confusion, curves, kernels, neighbours, predictions, table
 from alexnet.figures.__main__ import main as figures_main

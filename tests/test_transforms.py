@@ -8,6 +8,7 @@ import torch
 from torchvision.transforms import v2
 
 from alexnet import paper
+from alexnet.data import normalize as N
 from alexnet.data import transforms as T
 from alexnet.data.packed import Stats, eig_descending
 from alexnet.errors import UserError
@@ -81,20 +82,20 @@ def test_ten_crop_flipped_views_are_mirrors_of_the_opposite_corners() -> None:
 
 def test_mean_image_is_subtracted_before_cropping_and_flipping() -> None:
     stats, x, p = _stats(), _images(8), _params(8, seed=4)
-    norm = T.build_normalizer(stats, "mean_image", 224)
+    norm = N.build_normalizer(stats, "mean_image", 224)
     centred = x.double() - torch.from_numpy(stats.mean)  # the whole 256 image, then crop
     expected = T.crop_flip(centred, p.top, p.left, p.flip, 224)
-    got = T.finish(T.crop_flip(x, p.top, p.left, p.flip, 224), p, norm)
+    got = N.finish(T.crop_flip(x, p.top, p.left, p.flip, 224), p, norm)
     assert got.dtype == torch.float32 and torch.allclose(got.double(), expected, atol=1e-4)
 
 
 def test_mean_image_center_and_channel_mean_std_match_formulas() -> None:
     stats, x, p = _stats(), _images(8), _params(8, seed=5)
     crops = T.crop_flip(x, p.top, p.left, p.flip, 224)
-    centre = T.finish(crops, p, T.build_normalizer(stats, "mean_image_center", 224))
+    centre = N.finish(crops, p, N.build_normalizer(stats, "mean_image_center", 224))
     expected = crops.double() - torch.from_numpy(stats.mean[:, 16:240, 16:240])
     assert torch.allclose(centre.double(), expected, atol=1e-4)
-    tv = T.finish(crops, p, T.build_normalizer(None, "channel_mean_std", 224))
+    tv = N.finish(crops, p, N.build_normalizer(None, "channel_mean_std", 224))
     m = torch.tensor([0.485, 0.456, 0.406]).double()[:, None, None]
     s = torch.tensor([0.229, 0.224, 0.225]).double()[:, None, None]
     assert torch.allclose(tv.double(), (crops.double() / 255 - m) / s, atol=1e-5)
@@ -102,9 +103,9 @@ def test_mean_image_center_and_channel_mean_std_match_formulas() -> None:
 
 def test_eval_views_subtract_the_mean_at_each_view_position() -> None:
     stats, x = _stats(), _images(2)
-    norm = T.build_normalizer(stats, "mean_image", 224)
+    norm = N.build_normalizer(stats, "mean_image", 224)
     positions = T.view_positions(256, 256, 224, 10)
-    got = T.finish_views(T.crop_views(x, positions, 224), positions, norm)
+    got = N.finish_views(T.crop_views(x, positions, 224), positions, norm)
     expected = torch.stack(v2.TenCrop(224)(x.double() - torch.from_numpy(stats.mean)), dim=1)
     assert got.shape == (2, 10, 3, 224, 224) and torch.allclose(got.double(), expected, atol=1e-4)
 
@@ -114,9 +115,9 @@ def _lit_shifts(stats: Stats | None, lighting: str, constants: str, n: int) -> t
     eig = (stats.cov, stats.eigval, stats.eigvec, 1) if stats else (None,) * 4
     zero = Stats(np.zeros((3, 2, 2)), *eig)
     kw = {"lighting": lighting, "lighting_constants": constants}
-    norm = T.build_normalizer(zero, "mean_image", 1, **kw)
+    norm = N.build_normalizer(zero, "mean_image", 1, **kw)
     p = T.draw_params(torch.Generator().manual_seed(n), n, 2, 1)
-    return T.finish(torch.zeros(n, 3, 1, 1, dtype=torch.uint8), p, norm)[:, :, 0, 0].double()
+    return N.finish(torch.zeros(n, 3, 1, 1, dtype=torch.uint8), p, norm)[:, :, 0, 0].double()
 
 
 def _eigen(stats: Stats, constants: str) -> tuple[np.ndarray, np.ndarray]:
@@ -162,17 +163,17 @@ def test_lighting_with_zero_alpha_is_identity_and_shifts_each_image_uniformly(
     stats, x = _stats(), _images(4)
     p = _params(4, seed=6)
     crops = T.crop_flip(x, p.top, p.left, p.flip, 224)
-    plain = T.finish(crops, p, T.build_normalizer(stats, normalize, 224))
-    lit = T.build_normalizer(stats, normalize, 224, lighting="eigenvalue")
+    plain = N.finish(crops, p, N.build_normalizer(stats, normalize, 224))
+    lit = N.build_normalizer(stats, normalize, 224, lighting="eigenvalue")
     zero = T.AugmentParams(p.top, p.left, p.flip, torch.zeros_like(p.alpha))
-    assert torch.equal(T.finish(crops, zero, lit), plain)
-    shifted = T.finish(crops, p, lit) - plain  # constant over each image's pixels
+    assert torch.equal(N.finish(crops, zero, lit), plain)
+    shifted = N.finish(crops, p, lit) - plain  # constant over each image's pixels
     assert torch.allclose(shifted, shifted[:, :, :1, :1].expand_as(shifted), atol=1e-4)
     assert shifted.abs().amax() > 0
     if normalize == "channel_mean_std":  # the 0-255 shift divided by 255 * std
         lam01 = torch.from_numpy(stats.eigval) / 255**2  # shift_255 = 255 * V (alpha * lambda01)
         s255 = 255 * (p.alpha.double() * lam01) @ torch.from_numpy(stats.eigvec).T
-        expected = s255 / (255 * torch.tensor(T.TV_STD).double())
+        expected = s255 / (255 * torch.tensor(N.TV_STD).double())
         # values below 3 on this scale, in float32: 32 rounding units of 3
         assert torch.allclose(shifted[:, :, 0, 0].double(), expected, atol=32 * 3 * 2**-23)
 
@@ -180,18 +181,18 @@ def test_lighting_with_zero_alpha_is_identity_and_shifts_each_image_uniformly(
 def test_sqrt_eigenvalue_rescales_the_whole_lit_image() -> None:
     stats, x, p = _stats(), _images(4), _params(4, seed=8)
     crops = T.crop_flip(x, p.top, p.left, p.flip, 224)
-    norm = T.build_normalizer(stats, "mean_image", 224, lighting="sqrt_eigenvalue")
+    norm = N.build_normalizer(stats, "mean_image", 224, lighting="sqrt_eigenvalue")
     sigma = torch.from_numpy(np.sqrt(stats.eigval))  # shift_255 = V (alpha * sqrt(lambda))
     shift = (p.alpha.double() * sigma) @ torch.from_numpy(stats.eigvec).T
     centred = T.crop_flip(x.double() - torch.from_numpy(stats.mean), p.top, p.left, p.flip, 224)
     expected = (centred + shift[:, :, None, None]) / 1.1
-    assert torch.allclose(T.finish(crops, p, norm).double(), expected, atol=1e-3)
+    assert torch.allclose(N.finish(crops, p, norm).double(), expected, atol=1e-3)
 
 
 def test_missing_stats_and_oversized_crops_are_user_errors() -> None:
     with pytest.raises(UserError, match="stats.npz"):
-        T.build_normalizer(None, "mean_image", 224)
+        N.build_normalizer(None, "mean_image", 224)
     with pytest.raises(UserError, match="stats.npz"):
-        T.build_normalizer(None, "channel_mean_std", 224, lighting="eigenvalue")
+        N.build_normalizer(None, "channel_mean_std", 224, lighting="eigenvalue")
     with pytest.raises(UserError, match="larger"):
         T.draw_params(torch.Generator(), 1, 200, 224)

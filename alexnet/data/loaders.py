@@ -14,7 +14,7 @@ Two ways to make a batch (``data.loader``), with identical results for the same 
 
 - ``cpu``: DataLoader worker processes decode the JPEGs one by one and cut the uint8 crops;
   the main process copies them to the device (pinned, non-blocking) and finishes them there
-  (mean, lighting) with ``alexnet.data.transforms.finish``.
+  (mean, lighting) with ``alexnet.data.normalize.finish``.
 - ``gpu``: the main process reads a step's encoded bytes (a thread reads ahead) and decodes
   them in ONE batched ``torchvision.io.decode_jpeg(..., device=device)`` call, then crops and
   finishes on the device. With ``device="cpu"`` the same code decodes on the CPU.
@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from alexnet import paper
 from alexnet.config import AugmentConfig, DataConfig
+from alexnet.data import normalize as N
 from alexnet.data import transforms as T
 from alexnet.data.packed import PackedSplit, Stats
 from alexnet.data.plan import EvalBatches, StepKeys, Timing, TrainPlan, TrainSteps
@@ -206,7 +207,7 @@ class TrainLoader(_Loader):
         steps = steps_per_epoch or len(split) // batch_size
         self.size = input_size
         self.plan = TrainPlan(len(split), batch_size, steps, seed, rank, world_size, draw)
-        self.norm = T.build_normalizer(
+        self.norm = N.build_normalizer(
             stats,
             data.normalize,
             input_size,
@@ -235,7 +236,7 @@ class TrainLoader(_Loader):
 
     def _worker_batches(self, keys: list[tuple[int, int]]) -> Iterator[Batch]:
         for crops, labels, *params in self._worker_items(keys):
-            x = T.finish(self._to_device(crops), T.AugmentParams(*params), self.norm)
+            x = N.finish(self._to_device(crops), T.AugmentParams(*params), self.norm)
             yield x, self._to_device(labels)
 
     def _decoded_batches(self, epoch: int, steps: range) -> Iterator[Batch]:
@@ -246,7 +247,7 @@ class TrainLoader(_Loader):
         for data, labels, p in self._read_ahead(list(steps), read):
             images = self._decode(data)
             crops = T.crop_flip(images, p.top, p.left, p.flip, self.size, p.height, p.width)
-            yield T.finish(crops, p, self.norm), self._to_device(labels)
+            yield N.finish(crops, p, self.norm), self._to_device(labels)
 
 
 class EvalLoader(_Loader):
@@ -278,7 +279,7 @@ class EvalLoader(_Loader):
         self.batches = [range(i, min(i + batch_size, hi)) for i in range(lo, hi, batch_size)]
         self.num_images, self.size, self.views = hi - lo, input_size, views
         self.positions = T.view_positions(split.image_size, split.image_size, input_size, views)
-        self.norm = T.build_normalizer(
+        self.norm = N.build_normalizer(
             stats, data.normalize, input_size, self.device, channel_order=data.channel_order
         )
         self._dataset = EvalBatches(split, self.batches)
@@ -298,4 +299,4 @@ class EvalLoader(_Loader):
     def _finish(self, images: torch.Tensor | list[torch.Tensor], labels: torch.Tensor) -> Batch:
         images = torch.stack(images) if isinstance(images, list) else images
         views = T.crop_views(images, self.positions, self.size)
-        return T.finish_views(views, self.positions, self.norm), self._to_device(labels)
+        return N.finish_views(views, self.positions, self.norm), self._to_device(labels)

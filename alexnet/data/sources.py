@@ -14,8 +14,8 @@ Accepted layouts of SOURCE (the folder given to ``python -m alexnet.prepare``)::
 
 Labels are indices into the sorted class folder names of train/ (ImageNet: 0 = n01440764). The
 devkit's IDs are *not* in that order (ID 1 = n02119789, spec §7.3), so they go ID -> wnid -> index.
-Label files are recognised by their content; when not passed they are looked for by their usual
-names in SOURCE, SOURCE/val and a devkit data/ folder.
+Label files are recognised by their content (``labels.py``); when not passed they are looked for
+by their usual names in SOURCE, SOURCE/val and a devkit data/ folder.
 
 Class names in words come from a ``synset_words.txt`` / ``LOC_synset_mapping.txt`` (``wnid words``)
 or ``map_clsloc.txt`` (``wnid ID name``) file, passed or found in SOURCE or a devkit data/ folder;
@@ -25,14 +25,19 @@ a class the file does not name (and every class of a set without one) is called 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alexnet.data.labels import (
+    flat_labels,
+    read_class_list,
+    read_class_words,
+    read_id_map,
+    read_label_file,
+)
 from alexnet.errors import UserError
 
 VAL_FOLDERS = ("val", "validation", "test")  # first existing wins; test/ only with class folders
-WNID = re.compile(r"n\d{8}")
 LABEL_FILE_PATTERNS = (  # searched in this order when --val-labels is not given
     "*validation_ground_truth*.txt",
     "LOC_val_solution*.csv",
@@ -70,16 +75,6 @@ class Plan:
 
     def count(self, split: str) -> int:
         return sum(item.split == split for item in self.items)
-
-
-@dataclass(frozen=True)
-class LabelFile:
-    """A parsed validation label file; exactly one of the mappings is filled."""
-
-    kind: str  # "devkit" | "kaggle" | "caffe" | "wnid_lines"
-    path: Path
-    by_number: dict[int, str | int] = field(default_factory=dict)  # image number -> ID or wnid
-    by_stem: dict[str, str | int] = field(default_factory=dict)  # file stem -> wnid or index
 
 
 def find_root(src: Path) -> Path:
@@ -120,82 +115,6 @@ def _scan(folder: Path, rel: str) -> tuple[dict[str, list[str]], list[str], list
     return classes, loose, irregular
 
 
-def read_id_map(path: Path) -> dict[int, str]:
-    """ILSVRC2012_ID -> wnid from a map_clsloc.txt-style table (``wnid ID name`` per line)."""
-    table: dict[int, str] = {}
-    for number, line in _lines(path):
-        parts = line.split()
-        if len(parts) < 2 or not WNID.fullmatch(parts[0]) or not parts[1].isdigit():
-            raise UserError(f"{path}:{number}: expected `wnid ID name` (map_clsloc), got {line!r}")
-        table[int(parts[1])] = parts[0]
-    return table
-
-
-def read_class_list(path: Path) -> list[str]:
-    """Class names in index order: the first token of each line (synset_words.txt style)."""
-    return [line.split()[0] for _, line in _lines(path)]
-
-
-def read_class_words(path: Path) -> dict[str, str]:
-    """Class folder -> name in words, from ``wnid words`` or ``wnid ID name`` lines.
-
-    ``synset_words.txt`` / ``LOC_synset_mapping.txt`` lines give the words after the wnid
-    ("tench, Tinca tinca"); ``map_clsloc.txt`` lines give a short name ("kit_fox" -> "kit fox").
-    """
-    words: dict[str, str] = {}
-    for number, line in _lines(path):
-        parts = line.split(maxsplit=2)
-        if len(parts) < 2:
-            raise UserError(f"{path}:{number}: expected `class words...`, got {line!r}")
-        if len(parts) == 3 and parts[1].isdigit() and " " not in parts[2]:  # map_clsloc
-            words[parts[0]] = parts[2].replace("_", " ")
-        else:
-            words[parts[0]] = line.split(maxsplit=1)[1]
-    return words
-
-
-def read_label_file(path: Path) -> LabelFile:
-    """Parse a validation label file, recognising its kind by its content."""
-    lines = _lines(path)
-    if not lines:
-        raise UserError(f"validation label file {path} is empty")
-    first = lines[0][1]
-    if first.startswith("ImageId") or "," in first:
-        rows = [line.split(",", 1) for _, line in lines if not line.startswith("ImageId")]
-        rows = [r for r in rows if len(r) == 2 and r[1].split()]
-        stems = {Path(r[0].strip()).stem: r[1].split()[0] for r in rows}
-        return LabelFile("kaggle", path, by_stem=stems)
-    parts = first.split()
-    if len(parts) == 1:  # one label per line, line k = image k
-        tokens = [line for _, line in lines]
-        if all(t.isdigit() for t in tokens):
-            return LabelFile("devkit", path, by_number={k: int(t) for k, t in enumerate(tokens, 1)})
-        if all(WNID.fullmatch(t) for t in tokens):
-            return LabelFile("wnid_lines", path, by_number=dict(enumerate(tokens, 1)))
-    if len(parts) == 2 and parts[1].lstrip("-").isdigit() and not WNID.fullmatch(parts[0]):
-        stems = {}
-        for number, line in lines:
-            name, _, index = line.rpartition(" ")
-            if not index.isdigit():
-                raise UserError(f"{path}:{number}: expected `file index` (val.txt), got {line!r}")
-            stems[Path(name.strip()).stem] = int(index)
-        return LabelFile("caffe", path, by_stem=stems)
-    if WNID.fullmatch(parts[0]):
-        raise UserError(f"{path} looks like an ID->wnid table: pass it with --id-map instead")
-    raise UserError(
-        f"{path}: unrecognised label file (first line {first!r}); expected the devkit's "
-        "ground truth, Kaggle's LOC_val_solution.csv or Caffe's val.txt"
-    )
-
-
-def _lines(path: Path) -> list[tuple[int, str]]:
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise UserError(f"cannot read {path}: {err.strerror}") from None
-    return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-
-
 def _discover(folders: list[Path], patterns: tuple[str, ...]) -> Path | None:
     for pattern in patterns:
         for folder in folders:
@@ -203,31 +122,6 @@ def _discover(folders: list[Path], patterns: tuple[str, ...]) -> Path | None:
             if hits:
                 return hits[0]
     return None
-
-
-def _image_number(stem: str) -> int | None:
-    digits = re.findall(r"\d+", stem)
-    return int(digits[-1]) if digits else None
-
-
-def _flat_labels(
-    files: list[str], labels: LabelFile, id_map: dict[int, str] | None, class_list: list[str]
-) -> dict[str, str | None]:
-    """File name -> wnid (None when the label file has no entry for it)."""
-    found: dict[str, str | None] = {}
-    for name in files:
-        stem = Path(name).stem
-        if labels.by_number:
-            number = _image_number(stem)
-            value = labels.by_number.get(number) if number is not None else None
-        else:
-            value = labels.by_stem.get(stem)
-        if labels.kind == "devkit" and value is not None:
-            value = id_map.get(int(value)) if id_map else None
-        elif labels.kind == "caffe" and value is not None:
-            value = class_list[int(value)] if 0 <= int(value) < len(class_list) else None
-        found[name] = value if isinstance(value, str) else None
-    return found
 
 
 def find_sources(
@@ -334,7 +228,7 @@ def _flat_val(
     plan.val_source = f"{kinds.get(labels.kind, 'one wnid per line')} ({used})"
     here = {p.name for p in plan.label_files if p.resolve().parent == val_dir.resolve()}
     files = [n for n in files if n not in here]  # label files kept inside val/ are no images
-    wnids = _flat_labels(files, labels, id_map, class_list)
+    wnids = flat_labels(files, labels, id_map, class_list)
     by_class: dict[str, list[str]] = {c: [] for c in plan.classes}
     for name, wnid in wnids.items():
         rel = f"{val_dir.name}/{name}"
