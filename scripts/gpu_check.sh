@@ -121,7 +121,7 @@ for batch in $BIG $SMALL; do
   train "train-b$batch-bf16" "batch $batch, bf16" 60 --compare no_lrn \
     --set train.batch_size=$batch "${BF16[@]}"
   train "train-b$batch-bf16-cl" "batch $batch, bf16, channels_last" 60 --compare no_lrn \
-    --set train.batch_size=$batch "${BF16[@]}" "${CL[@]}"
+    --compare former_lrn --set train.batch_size=$batch "${BF16[@]}" "${CL[@]}"
 done
 train "train-b$SMALL-bf16-cl-compile" "batch $SMALL, bf16, channels_last, compile" 150 \
   --set train.batch_size=$SMALL "${BF16[@]}" "${CL[@]}" "${COMPILE[@]}"

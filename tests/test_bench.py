@@ -3,13 +3,20 @@ round, and the printed medians and ratios are those of the recorded rounds."""
 
 from __future__ import annotations
 
+import copy
 import json
 import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
 from alexnet.bench import __main__ as bench
+from alexnet.bench.train import FormerLRN, build_candidate
+from alexnet.config import load_config
+from alexnet.runtime import Runtime
+
+from conftest import assert_close_to_f64, image_batch
 
 TINY = ["model.num_classes=4", "train.batch_size=4", "data.workers=0", "eval.batch_size=2"]
 
@@ -48,6 +55,17 @@ def test_bench_train_compares_nets_round_by_round(
         assert (float(slowest), float(fastest)) == pytest.approx((min(r), max(r)), abs=0.051)
         assert float(ratio.rstrip("x")) == pytest.approx(statistics.median(r) / base, abs=0.0051)
     assert figures["real_data"] > 0 and "cpu loader" in out
+
+
+def test_former_lrn_net_is_the_same_net() -> None:
+    """``--compare former_lrn`` times the configured net, same weights, with the former LRN."""
+    cfg = load_config(None, ["model.num_classes=4"])
+    rt = Runtime("single", (torch.device("cpu"),))
+    ours, former = (build_candidate(n, cfg, rt).module.eval() for n in ("configured", "former_lrn"))
+    assert isinstance(former.lrn1, FormerLRN) and isinstance(former.lrn2, FormerLRN)
+    x = image_batch(2)
+    with torch.no_grad():
+        assert_close_to_f64(former(x), copy.deepcopy(ours).double()(x.double()))
 
 
 def test_bench_eval_times_ten_view_batches(capsys: pytest.CaptureFixture[str]) -> None:

@@ -3,7 +3,8 @@
 Times the real training step (``engine.train_one_epoch``: forward, loss, backward, the
 optimiser's update) on synthetic input already on the device, and, given ``--data``, on
 batches from the prepared data set through the configured loader. ``--compare torchvision``
-adds ``torchvision.models.alexnet`` and ``--compare no_lrn`` the configured net without LRN,
+adds ``torchvision.models.alexnet``, ``--compare no_lrn`` the configured net without LRN and
+``--compare former_lrn`` the configured net with the former ``F.local_response_norm`` LRN,
 each built with the same runtime (batch, dtype, memory format, compile setting) and optimiser.
 The nets take turns, round by round, in this one process; each one's median images/s over the
 rounds and its ratio to torchvision's are printed. Warm-up steps (cuDNN autotuning,
@@ -21,6 +22,7 @@ import time
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from alexnet import runtime as runtime_lib
@@ -30,12 +32,13 @@ from alexnet.config import Config, input_size, load_config
 from alexnet.data.packed import PackedSplit, load_stats
 from alexnet.engine import EpochPlan, Hooks, train_one_epoch
 from alexnet.errors import UserError
-from alexnet.model import build_model
+from alexnet.model import PaperLRN, build_model
+from alexnet.model.lrn import reference_lrn
 from alexnet.optim import build_optimizer
 from alexnet.runtime import Runtime
 
 CONFIGURED = "configured"  # the net the config describes
-NETS = ("torchvision", "no_lrn")  # what --compare can add
+NETS = ("torchvision", "no_lrn", "former_lrn")  # what --compare can add
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,11 +66,26 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         choices=NETS,
-        help="also time torchvision's AlexNet / the configured net without LRN (repeatable)",
+        help="also time torchvision's AlexNet / the configured net without LRN / with the "
+        "former F.local_response_norm LRN (repeatable)",
     )
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per net (default 2)")
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+
+
+class FormerLRN(nn.Module):
+    """An LRN layer computed the former way: its ReLU (if fused) as a separate op, then
+    ``F.local_response_norm`` per group with autograd through every step (``reference_lrn``)."""
+
+    def __init__(self, lrn: PaperLRN) -> None:
+        super().__init__()
+        self.lrn, self.relu = lrn, lrn.relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.lrn
+        alpha = m.alpha if m.alpha_semantics == "raw_sum" else m.alpha / m.size
+        return reference_lrn(F.relu(x) if m.relu else x, m.size, alpha, m.beta, m.k, m.groups)
 
 
 @dataclasses.dataclass
@@ -97,6 +115,10 @@ def build_candidate(name: str, cfg: Config, rt: Runtime) -> Candidate:
         model = build_model(dataclasses.replace(cfg.model, lrn=lrn))
     else:
         model = build_model(cfg.model)
+    if name == "former_lrn":
+        for layer in ("lrn1", "lrn2"):
+            if isinstance(getattr(model, layer), PaperLRN):
+                setattr(model, layer, FormerLRN(getattr(model, layer)))
     module = rt.wrap(model)
     return Candidate(module, build_optimizer(runtime_lib.unwrap(module), cfg.optim), rt)
 
