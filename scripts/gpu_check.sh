@@ -165,8 +165,9 @@ def result(kind, log, path):
     lines = [l.strip() for l in open(log, errors="replace") if l.strip()]
     if kind == "epoch" and any(l.startswith("epoch ") for l in lines):
         lines = [l for l in lines if l.startswith("epoch ")]
-    if kind == "loaders":
+    if kind == "loaders":  # "name  workers  device  images/s" rows of bench data's table
         rows = [l.rsplit(None, 3) for l in lines if l.startswith(("packed,", "ImageFolder"))]
+        rows = [r for r in rows if len(r) == 4 and r[3].replace(".", "", 1).isdigit()]
         if rows:
             return "; ".join(f"{r[0]} {float(r[3]):,.0f} img/s" for r in rows)
     return lines[-1][:160].replace("|", "/") if lines else ""
@@ -174,7 +175,11 @@ def result(kind, log, path):
 rows = ["| step | setting | result | status | s |", "|---|---|---|---|---|"]
 for line in open(manifest):
     name, kind, setting, status, secs, log, path = line.rstrip("\n").split("\t")
-    rows.append(f"| {name} | {setting} | {result(kind, log, path)} | {status} | {secs} |")
+    try:
+        text = result(kind, log, path)
+    except (OSError, ValueError, KeyError) as err:  # a half-written log must not hide the rest
+        text = f"(unreadable: {err})"
+    rows.append(f"| {name} | {setting} | {text} | {status} | {secs} |")
 table = "\n".join(rows)
 head = f"scripts/gpu_check.sh: {seconds} s; logs in {work}\n\n"
 print("\n" + head + table)
