@@ -27,6 +27,8 @@ BLOCK = 1 << 18  # elements per block: a block's few buffers stay in the cache
 
 
 class LRNParams(NamedTuple):
+    """The op's constants (the arguments of ``lrn`` after the tensor)."""
+
     size: int  # n, odd: the window is i - n//2 .. i + n//2
     alpha: float  # multiplies the raw sum of squares (the paper's alpha)
     beta: float
