@@ -29,6 +29,8 @@ TINY_RUN = (
     "data.workers=0",
     "eval.batch_size=8",
     "train.stall_steps=1000",
+    "run.tensorboard_predictions=0",  # the TensorBoard figures cost a second or two a run;
+    "run.tensorboard_embedding=0",  # tiny_run draws them, for the tests that read them back
 )
 
 
@@ -115,5 +117,6 @@ def tiny_run(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     from alexnet import train
 
     run = tmp_path_factory.mktemp("tiny_run") / "run"
-    assert train.main(train_argv(prepared_tiny, run)) == 0
+    figures = ("run.tensorboard_predictions=8", "run.tensorboard_embedding=256")
+    assert train.main(train_argv(prepared_tiny, run, *figures)) == 0
     return run

@@ -15,9 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexnet.config import ModelConfig
+from alexnet.config import ModelConfig, OptimConfig
 from alexnet.model import AlexNet, build_model
 from alexnet.model.towers import TwoDeviceAlexNet, merge_towers, split_canonical
+from alexnet.optim import build_optimizer
 
 from conftest import image_batch, model_cfg
 
@@ -123,6 +124,25 @@ def test_train_mode_draws_the_same_dropout_masks(overrides: tuple[str, ...]) -> 
     F.cross_entropy(out_single, labels).backward()
     F.cross_entropy(out_towers, labels).backward()
     assert_grads_match(single, towers)
+
+
+def test_training_steps_match_in_float64() -> None:
+    """Three steps of the paper's SGD on each form: the optimiser works on the towers' halves
+    of every layer, and the weights end where the grouped model's do."""
+    torch.manual_seed(0)
+    single, towers = float64_pair(ModelConfig())
+    start = {k: v.clone() for k, v in single.state_dict().items()}
+    optimizers = [build_optimizer(m, OptimConfig(lr=0.01)) for m in (single, towers)]
+    for step in range(3):
+        x, labels = image_batch(dtype=torch.float64), torch.tensor([step, 7])
+        for model, optimizer in zip((single, towers), optimizers, strict=True):
+            torch.manual_seed(100 + step)  # the same dropout masks in both forms
+            optimizer.zero_grad()
+            F.cross_entropy(model.train()(x), labels).backward()
+            optimizer.step()
+    got = towers.canonical_state_dict()
+    for name, w in single.state_dict().items():
+        assert_same(got[name] - start[name], w - start[name], name)  # the updates agree
 
 
 def test_canonical_state_dict_round_trips() -> None:
