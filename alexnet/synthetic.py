@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train-per-class",
         type=int,
-        default=100,
+        default=300,
         metavar="N",
-        help="training images per class (default 100)",
+        help="training images per class (default 300, the demo's set)",
     )
     parser.add_argument(
         "--val-per-class",

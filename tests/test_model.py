@@ -144,6 +144,13 @@ CAFFE_INIT = {
 CC2_INIT = {
     n: (0.03 if n in ("conv3", "conv4", "conv5") else 0.01, PAPER_INIT[n][1]) for n in NAMES
 }
+# He et al.: sqrt(2 / fan_in), fan_in = the inputs one kernel sees (3x11x11, 48x5x5 per tower,
+# 256x3x3, 192x3x3 per tower twice, 256x6x6, 4096); fc8 as the paper; biases 0
+FAN_IN = {"conv1": 363, "conv2": 1200, "conv3": 2304, "conv4": 1728, "conv5": 1728}
+KAIMING_INIT = {
+    **{n: ((2 / f) ** 0.5, 0.0) for n, f in {**FAN_IN, "fc6": 9216, "fc7": 4096}.items()},
+    "fc8": (0.01, 0.0),
+}
 
 
 def assert_init(model: nn.Module, table: dict[str, tuple[float, float]]) -> None:
@@ -159,7 +166,10 @@ def test_paper_init(paper_model: AlexNet) -> None:
     assert_init(paper_model, PAPER_INIT)
 
 
-@pytest.mark.parametrize("preset, table", [("caffe", CAFFE_INIT), ("cuda_convnet2", CC2_INIT)])
+@pytest.mark.parametrize(
+    "preset, table",
+    [("caffe", CAFFE_INIT), ("cuda_convnet2", CC2_INIT), ("kaiming", KAIMING_INIT)],
+)
 def test_init_presets(preset: str, table: dict) -> None:
     assert_init(build_model(model_cfg(f"init.preset={preset}")), table)
 

@@ -55,7 +55,8 @@ class DropoutConfig:
 class InitConfig:
     """Initialisation (§5): N(0, 0.01^2) weights, bias 1 in conv2/4/5, fc6/7, 0 elsewhere."""
 
-    preset: Literal["paper", "caffe", "cuda_convnet2", "pytorch_default"] = "paper"
+    # kaiming: He et al. 2015 (std sqrt(2 / fan_in), biases 0), fc8 as the paper; not the paper's
+    preset: Literal["paper", "caffe", "cuda_convnet2", "pytorch_default", "kaiming"] = "paper"
     weight_std: dict[str, float] = field(default_factory=dict)  # per-layer overrides
     bias: dict[str, float] = field(default_factory=dict)  # per-layer overrides
 

@@ -172,7 +172,7 @@ class RuntimeConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"  # bfloat16 = autocast
     # evaluation's own precision (10-crop passes are 10x the images); same = dtype
     eval_dtype: Literal["same", "float32", "bfloat16"] = "same"
-    channels_last: bool = False  # NHWC activations: faster convolutions on GPUs
+    channels_last: bool = False  # NHWC activations: faster convolutions on GPUs (and CPUs)
     compile: bool = False  # torch.compile
     # torch.compile's mode: reduce-overhead and max-autotune replay CUDA graphs on GPUs
     compile_mode: Literal[

@@ -13,6 +13,7 @@ The paper's LRN and dropout live in ``layers.py``, the two-device form in ``towe
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -51,6 +52,7 @@ INIT_PRESETS: dict[str, dict[str, tuple[float, float]]] = {
     # cuda-convnet2 layers-imagenet-2gpu-model.cfg initW; biases as the paper
     "cuda_convnet2": _init_table({"conv3": 0.03, "conv4": 0.03, "conv5": 0.03}, hidden_bias=1.0),
     "pytorch_default": {},
+    "kaiming": {},  # computed from each layer's fan-in by ``_kaiming_table``
 }
 
 
@@ -167,7 +169,7 @@ class AlexNet(nn.Module):
 
 def init_weights(model: nn.Module, cfg: InitConfig) -> None:
     """Initialise conv1..fc8 (and conv6) from the preset's table, then the per-layer overrides."""
-    table = INIT_PRESETS[cfg.preset]
+    table = _kaiming_table(model) if cfg.preset == "kaiming" else INIT_PRESETS[cfg.preset]
     for name in ALL_LAYERS:
         layer = getattr(model, name, None)
         if layer is None:  # conv6 without model.extra_conv6
@@ -178,6 +180,19 @@ def init_weights(model: nn.Module, cfg: InitConfig) -> None:
             nn.init.normal_(layer.weight, 0.0, std)
         if bias is not None:
             nn.init.constant_(layer.bias, bias)
+
+
+def _kaiming_table(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """He et al. (2015): N(0, 2 / fan_in) for every layer a ReLU follows, fan_in counting only
+    the maps a grouped kernel sees; fc8 keeps the paper's N(0, 0.01^2); every bias 0."""
+    table = {}
+    for name in ALL_LAYERS:
+        layer = getattr(model, name, None)
+        if layer is not None:
+            fan_in = layer.weight[0].numel()
+            table[name] = (math.sqrt(2.0 / fan_in), 0.0)
+    table["fc8"] = (paper.INIT_WEIGHT_STD, 0.0)
+    return table
 
 
 def build_model(cfg: Any) -> AlexNet:
