@@ -55,7 +55,7 @@ demo: demo-data  ## train the paper's net on the built-in data on CPU (<10 min),
 	$(PY) -m alexnet.train --config configs/demo.yaml --resume auto $(SETS)
 	$(PY) -m alexnet.eval --checkpoint runs/demo/best.pt --crops 1 --crops 10 \
 		--json runs/demo/eval.json --no-progress
-	$(MAKE) --no-print-directory figures RUN=runs/demo
+	$(PY) -m alexnet.figures all runs/demo --crops 1
 
 prepare: $(STAMP)  ## RAW=/path/to/ILSVRC2012 DATA=data/ilsvrc2012: resize to 256, pack, mean + PCA
 	$(PY) -m alexnet.prepare $(RAW) $(DATA)
