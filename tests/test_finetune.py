@@ -94,6 +94,7 @@ def test_finetuning_keeps_frozen_layers_and_trains_the_rest(
         f"finetune.init_from={source}",
         f"finetune.freeze=[{','.join(FROZEN)}]",
         "finetune.lr_mult={fc8: 10}",
+        "optim.lr=0.01",
         "train.epochs=1",
         "train.steps_per_epoch=2",
     )
