@@ -208,6 +208,11 @@ def test_worker_threads_give_the_same_bits_and_leave_torch_threads_alone(
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("ATEN_CPU_CAPABILITY") == "default",
+    reason="with vectorisation off, torch 2.14's inductor emits C++ that calls at::vec without "
+    "declaring it (error: 'at::vec' has not been declared); the eager paths are tested as usual",
+)
 def test_compiled_model_matches_eager() -> None:
     """torch.compile(fullgraph=True) traces the whole net, LRN op included, without a graph
     break (fullgraph raises on one); in float64, outputs and all gradients match eager."""
