@@ -16,7 +16,7 @@ TUNE   ?= configs/scene15_finetune.yaml
 IMAGES ?= ../shared/data/imagenet_sample_images
 SET    ?=
 SETS   := $(foreach s,$(SET),--set $(s))
-# torch's CPU allocator on transparent huge pages: ~10 % faster CPU training, no other effect
+# torch's CPU allocator on transparent huge pages: fewer page faults in CPU training
 export THP_MEM_ALLOC_ENABLE ?= 1
 
 .PHONY: help venv lint format test test-gpu demo demo-data prepare train train-2gpu train-ddp eval \
