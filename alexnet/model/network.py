@@ -52,8 +52,7 @@ INIT_PRESETS: dict[str, dict[str, tuple[float, float]]] = {
     # cuda-convnet2 layers-imagenet-2gpu-model.cfg initW; biases as the paper
     "cuda_convnet2": _init_table({"conv3": 0.03, "conv4": 0.03, "conv5": 0.03}, hidden_bias=1.0),
     "pytorch_default": {},
-    "kaiming": {},  # computed from each layer's fan-in by ``_kaiming_table``
-}
+}  # kaiming has no fixed table: ``_kaiming_table`` computes it from each layer's fan-in
 
 
 # --- building blocks (towers.py builds its towers from these too) ------------------------------
