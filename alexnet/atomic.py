@@ -1,9 +1,12 @@
-"""The one way this project writes a file: a temporary file, fsync, rename, fsync of the folder.
+"""How this project writes a whole file: a temporary file, fsync, rename, fsync of the folder.
 
 A reader (or a crash, or ``kill -9``) sees either the previous file or the complete new one,
-never a partial file. The temporary file is hidden in the same folder and named
-``.<name>.<random>.tmp``; if the writing process is killed, ``remove_temp_files`` (called when a
-run starts or resumes) deletes what it left behind.
+never a partial file. Files that grow instead are written otherwise: the run's append-only
+``metrics.jsonl`` and TensorBoard events (``log.py``), and the memory-mapped rows of a features
+file, which pass through the same kind of hidden temporary file before ``save_npz`` here.
+The temporary file is hidden in the same folder and named ``.<name>.<random>.tmp``; if the
+writing process is killed, ``remove_temp_files`` (called when a run starts or resumes) deletes
+what it left behind.
 """
 
 from __future__ import annotations

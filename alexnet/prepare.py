@@ -1,6 +1,6 @@
 """``python -m alexnet.prepare SOURCE OUT``: resize a raw image tree to 256x256 shards, once.
 
-The work is done by ``alexnet.data.prepare``; this module is its command line: arguments,
+The work is done by ``alexnet.data.pack``; this module is its command line: arguments,
 checks, and a short summary with warnings for anything that needs attention.
 """
 
@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import paper
+from alexnet.data.images import Storage
 from alexnet.data.labels import WNID
-from alexnet.data.prepare import prepare
+from alexnet.data.pack import pack
 from alexnet.data.sources import find_sources
-from alexnet.data.units import Settings
 from alexnet.errors import UserError, report_user_errors
 from alexnet.runtime import available_cpus
 
@@ -141,7 +141,7 @@ def _run(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be between 1 and 100, got {args.quality}")
     start = time.perf_counter()
-    plan = find_sources(
+    inventory = find_sources(
         args.source,
         args.val_labels,
         args.id_map,
@@ -149,21 +149,21 @@ def _run(args: argparse.Namespace) -> int:
         args.limit_per_class,
         class_words=args.class_words,
     )
-    wnids = all(WNID.fullmatch(c) for c in plan.classes)
-    imagenet = len(plan.classes) == paper.NUM_CLASSES and wnids and not args.limit_per_class
+    wnids = all(WNID.fullmatch(c) for c in inventory.classes)
+    imagenet = len(inventory.classes) == paper.NUM_CLASSES and wnids and not args.limit_per_class
     expect = args.expect == "imagenet" or (args.expect == "auto" and imagenet)
-    settings = Settings(args.encoding, args.quality, resize=args.resize)
-    report = prepare(plan, args.out, settings, args.workers, args.unit_size, expect)
-    print_summary(args.out, report, settings, time.perf_counter() - start)
+    storage = Storage(args.encoding, args.quality, resize=args.resize)
+    report = pack(inventory, args.out, storage, args.workers, args.unit_size, expect)
+    print_summary(args.out, report, storage, time.perf_counter() - start)
     return 0
 
 
-def print_summary(out: Path, report: dict[str, Any], settings: Settings, seconds: float) -> None:
+def print_summary(out: Path, report: dict[str, Any], storage: Storage, seconds: float) -> None:
     """A few lines on stdout; anything that needs attention as warnings on stderr."""
     counts = " + ".join(f"{n:,} {split}" for split, n in report["counts"].items())
-    form = f"jpeg q{settings.quality}" if settings.encoding == "jpeg" else "raw"
+    form = f"jpeg q{storage.quality}" if storage.encoding == "jpeg" else "raw"
     print(
-        f"prepared {counts} images into {out} ({form}, {settings.size}x{settings.size}) "
+        f"prepared {counts} images into {out} ({form}, {storage.size}x{storage.size}) "
         f"in {seconds:.1f} s"
     )
     kinds = Counter(c["was"] for c in report["converted"])

@@ -24,6 +24,15 @@ from alexnet.errors import UserError
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a loader delivers its batches: the device, and this process's share of them."""
+
+    device: torch.device | str = "cpu"
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclass(frozen=True)
 class Runtime:
     """Where and how this process computes."""
 
@@ -41,6 +50,11 @@ class Runtime:
     def device(self) -> torch.device:
         """The device that receives the input batch and holds the logits."""
         return self.devices[0]
+
+    @property
+    def placement(self) -> Placement:
+        """Where this process's loaders deliver (the input device, its rank)."""
+        return Placement(self.device, self.rank, self.world_size)
 
     @property
     def is_main(self) -> bool:

@@ -1,6 +1,6 @@
 """``python -m alexnet.synthetic OUT``: write the built-in shapes data set.
 
-The set itself is drawn by ``alexnet.data.synthetic``; this module is its command line.
+The set itself is drawn by ``alexnet.data.shapes``; this module is its command line.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from alexnet.data.synthetic import SHAPES, make_synthetic
+from alexnet.data.shapes import SHAPES, draw_shape_set
 from alexnet.errors import report_user_errors
 
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        make_synthetic(args.out, args.classes, args.train_per_class, args.val_per_class, args.seed)
+        draw_shape_set(args.out, args.classes, args.train_per_class, args.val_per_class, args.seed)
         total = args.classes * (args.train_per_class + args.val_per_class)
         print(f"wrote {total} images of {args.classes} classes to {args.out}")
         return 0

@@ -21,15 +21,17 @@ from typing import Any
 
 import yaml
 
-from alexnet import atomic, train
-from alexnet import eval as evaluate
-from alexnet.checkpoint import BEST, LAST
-from alexnet.config import load_config
+from alexnet import atomic, cli
+from alexnet.config import Config, load_config
 from alexnet.data.packed import read_meta
 from alexnet.errors import UserError, report_user_errors
 from alexnet.figures import curves, table
 from alexnet.figures.common import save_figure
+from alexnet.inference.evaluation import evaluate_models
+from alexnet.inference.trained import load_trained
 from alexnet.log import info
+from alexnet.training.checkpoint import BEST, LAST
+from alexnet.training.loop import run
 
 ROOT = Path(__file__).resolve().parents[1]
 ABLATIONS = ROOT / "configs" / "ablations"
@@ -43,22 +45,14 @@ Re-running the same command skips finished runs and resumes unfinished ones."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python scripts/ablations.py",
-        description="Train + evaluate the baseline and the configs/ablations/ runs, then write "
-        "the ablation table and the overlaid learning curves.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = cli.parser(
+        "python scripts/ablations.py",
+        "Train + evaluate the baseline and the configs/ablations/ runs, then write the "
+        "ablation table and the overlaid learning curves.",
+        EPILOG,
     )
     p.add_argument("--data", type=Path, required=True, help="prepared data set (alexnet.prepare)")
-    p.add_argument("--config", type=Path, help="base config (default: the paper's recipe)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override for every run (repeatable)",
-    )
+    cli.add_config_options(p, what="the paper's recipe; --set applies to every run")
     p.add_argument(
         "--runs",
         type=Path,
@@ -94,8 +88,8 @@ def ablation_overrides(path: Path) -> list[str]:
     return out
 
 
-def plan(args: argparse.Namespace) -> dict[str, list[str]]:
-    """Run name -> overrides, baseline first; every run's config is checked before any work."""
+def configs(args: argparse.Namespace) -> dict[str, Config]:
+    """Run name -> its config, baseline first; every run's config is checked before any work."""
     files = {p.stem: p for p in sorted(ABLATIONS.glob("*.yaml"))}
     names = list(files)
     if args.only:
@@ -110,9 +104,10 @@ def plan(args: argparse.Namespace) -> dict[str, list[str]]:
     runs = {"baseline": [*common, *args.set]}
     for name in names:
         runs[name] = [*common, *ablation_overrides(files[name]), *args.set]
-    for name, overrides in runs.items():
-        load_config(args.config, [*overrides, f"run.dir={args.runs / name}"])
-    return runs
+    return {
+        name: load_config(args.config, [*overrides, f"run.dir={args.runs / name}"])
+        for name, overrides in runs.items()
+    }
 
 
 def finished_training(run: Path) -> bool:
@@ -127,24 +122,21 @@ def finished_training(run: Path) -> bool:
     return epochs[-1].get("event") == "stop" or int(epochs[-1]["epoch"]) + 1 >= total
 
 
-def run_one(args: argparse.Namespace, name: str, overrides: list[str]) -> int:
+def run_one(args: argparse.Namespace, name: str, cfg: Config) -> int:
     """Train (or resume) and evaluate one run; 0 when its eval.json is written."""
-    run = args.runs / name
-    if (run / "eval.json").is_file():
-        info(f"{name}: {run / 'eval.json'} exists, skipped")
+    folder, progress = cfg.run.dir, not args.no_progress
+    if (folder / "eval.json").is_file():
+        info(f"{name}: {folder / 'eval.json'} exists, skipped")
         return 0
-    if not finished_training(run):
-        argv = [*(["--config", str(args.config)] if args.config else [])]
-        for item in [*overrides, f"run.dir={run}"]:
-            argv += ["--set", item]
-        argv += ["--resume", "auto"] * (run / LAST).is_file() + ["--no-progress"] * args.no_progress
-        info(f"{name}: training into {run}")
-        code = train.main(argv)
+    if not finished_training(folder):
+        info(f"{name}: training into {folder}")
+        code = run(cfg, "auto" if (folder / LAST).is_file() else None, progress)
         if code:
             return code
-    crops = [c for n in sorted(set(args.crops or (1, 10))) for c in ("--crops", str(n))]
-    argv = ["--checkpoint", str(run / BEST), *crops, "--json", str(run / "eval.json")]
-    return evaluate.main(argv + ["--no-progress"] * args.no_progress)
+    trained = load_trained(folder / BEST)
+    report = evaluate_models([trained], trained.split(), args.crops or (1, 10), progress)
+    atomic.write_json(folder / "eval.json", report)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -153,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    runs = plan(args)
-    for name, overrides in runs.items():
-        code = run_one(args, name, overrides)
+    runs = configs(args)
+    for name, cfg in runs.items():
+        code = run_one(args, name, cfg)
         if code:
             info(f"{name}: stopped with exit code {code}; re-run the same command to continue")
             return code

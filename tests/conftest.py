@@ -46,10 +46,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 # --- helpers ------------------------------------------------------------------------------------
 
 
+def tiny_overrides(data: Path, run: Path, *extra: str) -> list[str]:
+    """The tiny run's ``KEY=VALUE`` overrides on ``data`` into ``run``, plus ``extra``."""
+    return [*TINY_RUN, f"data.root={data}", f"run.dir={run}", *extra]
+
+
+def tiny_config(data: Path, run: Path, *extra: str):
+    """The tiny run's ``Config`` (for ``training.loop.run``), plus ``extra`` overrides."""
+    from alexnet.config import load_config
+
+    return load_config(None, tiny_overrides(data, run, *extra))
+
+
 def train_argv(data: Path, run: Path, *extra: str) -> list[str]:
-    """``alexnet.train`` arguments for the tiny run on ``data`` into ``run``, plus ``extra``."""
+    """``python -m alexnet.train`` arguments for the tiny run (for subprocesses and CLI tests)."""
     out = ["--no-progress"]
-    for s in [*TINY_RUN, f"data.root={data}", f"run.dir={run}", *extra]:
+    for s in tiny_overrides(data, run, *extra):
         out += ["--set", s]
     return out
 
@@ -100,12 +112,10 @@ def _seed() -> None:
 def prepared_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The built-in generated data set, tiny (4 classes x 12 train / 4 val), prepared once."""
     from alexnet import prepare
-    from alexnet.data import synthetic
+    from alexnet.data import shapes
 
     base = tmp_path_factory.mktemp("tiny")
-    synthetic.make_synthetic(
-        base / "src", num_classes=4, train_per_class=12, val_per_class=4, seed=0
-    )
+    shapes.draw_shape_set(base / "src", num_classes=4, train_per_class=12, val_per_class=4, seed=0)
     assert prepare.main([str(base / "src"), str(base / "prepared"), "--workers", "1"]) == 0
     return base / "prepared"
 
@@ -114,9 +124,9 @@ def prepared_tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_run(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One finished tiny training run (two epochs) on ``prepared_tiny``: a run folder holding
     ``last.pt``, ``best.pt``, ``metrics.jsonl`` and TensorBoard events. Treat it as read-only."""
-    from alexnet import train
+    from alexnet.training.loop import run as train
 
     run = tmp_path_factory.mktemp("tiny_run") / "run"
     figures = ("run.tensorboard_predictions=8", "run.tensorboard_embedding=256")
-    assert train.main(train_argv(prepared_tiny, run, *figures)) == 0
+    assert train(tiny_config(prepared_tiny, run, *figures), progress=False) == 0
     return run

@@ -1,5 +1,7 @@
-"""The benchmark commands run end to end on tiny inputs: every net compared is timed in every
-round, and the printed medians and ratios are those of the recorded rounds."""
+"""The benchmarks: what a measurement counts and when its clock runs (``train_rate`` against a
+fake clock), the former-LRN net against the configured one, and smoke tests of the commands on
+tiny inputs (they run, every net is timed in every round, the table prints the rounds' medians).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ import pytest
 import torch
 
 from alexnet.bench import __main__ as bench
-from alexnet.bench.train import FormerLRN, build_candidate
+from alexnet.bench import train as bench_train
+from alexnet.bench.train import Candidate, FormerLRN, build_candidate, train_rate
 from alexnet.config import load_config
 from alexnet.runtime import Runtime
+from alexnet.training.engine import NonFiniteLoss
 
 from conftest import assert_close_to_f64, image_batch
 
@@ -33,6 +37,35 @@ def table(out: str) -> dict[str, list[str]]:
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["net", "images/s"])
     return {line.split()[0]: line.split()[1:] for line in lines[start + 1 :] if line.strip()}
+
+
+def test_train_rate_counts_the_timed_steps_images_between_two_synchronisations(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A net whose every forward takes 0.25 s on a fake clock: 3 steps of 4 images are 12
+    images in 0.75 s, timed from a synchronisation before the first step to one after the
+    last (a GPU's queued work counts), whatever the loader holds beyond the steps."""
+    clock = [10.0]
+    monkeypatch.setattr(bench_train.time, "perf_counter", lambda: clock[0])
+    synced: list[float] = []
+    monkeypatch.setattr(bench_train, "synchronize", lambda devices: synced.append(clock[0]))
+
+    class Slow(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(3, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            clock[0] += 0.25
+            return self.fc(x.mean((2, 3)))
+
+    net = Slow()
+    rt = Runtime("single", (torch.device("cpu"),))
+    candidate = Candidate(net, torch.optim.SGD(net.parameters(), lr=0.1), rt)
+    batches = iter([(torch.zeros(4, 3, 2, 2), torch.zeros(4, dtype=torch.long))] * 5)
+    assert train_rate(candidate, batches, steps=3) == pytest.approx(12 / 0.75)
+    assert synced == [10.0, 10.75]
+    assert len(list(batches)) == 2  # the timed steps took exactly 3 batches
 
 
 def test_bench_train_compares_nets_round_by_round(
@@ -92,3 +125,22 @@ def test_bench_rejects_bad_counts(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(["lrn", "--shape", "2,13,5,5"]) == 2  # 13 maps do not split in 2 towers
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+
+
+def test_every_net_is_timed_at_a_tiny_lr_and_a_non_finite_loss_names_the_net(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = load_config(None, ["model.num_classes=4"])
+    rt = Runtime("single", (torch.device("cpu"),))
+    for name in ("configured", "torchvision"):
+        groups = build_candidate(name, cfg, rt).optimizer.param_groups
+        assert {g["lr"] for g in groups} == {bench_train.BENCH_LR}, name
+
+    def diverge(*args: object, **kwargs: object) -> None:
+        raise NonFiniteLoss(7, float("nan"))
+
+    monkeypatch.setattr(bench_train, "train_one_epoch", diverge)
+    args = bench_args("train", "--compare", "torchvision", "--steps", "1", "--warmup", "0")
+    assert bench.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: configured: loss became nan at step 7"), err

@@ -13,10 +13,10 @@ import torch
 import torchvision
 from torch import nn
 
-from alexnet import checkpoint as ckpt
 from alexnet.config import OptimConfig
 from alexnet.errors import UserError
-from alexnet.optim import build_optimizer
+from alexnet.training import checkpoint as ckpt
+from alexnet.training.optim import build_optimizer
 
 
 def _payload(tag: int = 0) -> dict:

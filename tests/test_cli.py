@@ -30,3 +30,13 @@ def test_help_answers_with_examples(name: str, capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
     assert f"python -m alexnet.{name}" in out and "example" in out
+
+
+def test_installed_scripts_are_the_commands() -> None:
+    """``[project.scripts]`` names every command, each as ``alexnet-<name>`` -> its main."""
+    from conftest import ROOT
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {f"alexnet-{name}": f"{module}:main" for name, module in COMMANDS.items()}

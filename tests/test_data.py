@@ -14,12 +14,13 @@ from torchvision.transforms import v2
 
 from alexnet import atomic
 from alexnet.bench import __main__ as bench
-from alexnet.config import AugmentConfig, DataConfig
+from alexnet.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
 from alexnet.data import packed
 from alexnet.data import transforms as T
 from alexnet.data.loaders import EvalLoader, TrainLoader
 from alexnet.data.packed import PackedSplit
 from alexnet.errors import UserError
+from alexnet.runtime import Placement
 
 S = 256
 CLASSES = ["n0000000a", "n0000000b", "n0000000c"]
@@ -87,21 +88,22 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {enc: write_packed(base / enc, splits, enc) for enc in ("jpeg", "raw")}
 
 
-def _train(root: Path, loader: str = "cpu", workers: int = 0, batch: int = 6, **kw) -> TrainLoader:
+def _train(
+    root: Path,
+    loader: str = "cpu",
+    workers: int = 0,
+    batch: int = 6,
+    augment: AugmentConfig | None = None,
+    seed: int = 7,
+    steps_per_epoch: int | None = None,
+    at: Placement | None = None,
+) -> TrainLoader:
     cfg = DataConfig(root=root, loader=loader, workers=workers)
-    aug, seed = kw.pop("augment", AugmentConfig()), kw.pop("seed", 7)
+    train = TrainConfig(batch_size=batch, seed=seed, steps_per_epoch=steps_per_epoch)
     stats = packed.load_stats(root)
     split = PackedSplit(root, "train")
     return TrainLoader(
-        split,
-        stats,
-        data=cfg,
-        augment=aug,
-        input_size=224,
-        batch_size=batch,
-        device="cpu",
-        seed=seed,
-        **kw,
+        split, stats, cfg, augment or AugmentConfig(), train, ModelConfig(), at or Placement()
     )
 
 
@@ -118,10 +120,10 @@ def test_batches_are_stored_images_cropped_after_mean_subtraction(roots: dict[st
     root = roots["raw"]  # raw encoding: exact pixels, so the reference is exact
     loader, stats = _train(root), packed.load_stats(root)
     batches = _batches(loader)
-    assert len(batches) == len(loader) == loader.steps(0) == 23 // 6
+    assert len(batches) == len(loader) == loader.steps == 23 // 6
     seen = []
     for step, (x, y) in enumerate(batches):
-        idx, p = loader.plan.indices(0, step).tolist(), loader.plan.params(0, step)
+        idx, p = loader.order.indices(0, step).tolist(), loader.order.params(0, step)
         stored = torch.stack([_read_raw(root, "train", i) for i in idx])
         centred = stored.double() - torch.from_numpy(stats.mean)
         lam01 = torch.from_numpy(stats.eigval) / 255**2  # paper: 255 * V (alpha * lambda01)
@@ -138,10 +140,11 @@ def test_same_seed_same_batches_other_epoch_or_seed_differs(roots: dict[str, Pat
     a, b = _batches(_train(roots["jpeg"])), _batches(_train(roots["jpeg"]))
     assert _equal(a, b)
     assert not _equal(a, _batches(_train(roots["jpeg"]), epoch=1))
-    plan = _train(roots["jpeg"]).plan
-    assert not torch.equal(plan.order(0), plan.order(1))
-    assert not torch.equal(plan.order(0), _train(roots["jpeg"], seed=8).plan.order(0))
-    p0, p1 = plan.params(0, 0), plan.params(1, 0)  # step 0 of two epochs
+    order = _train(roots["jpeg"]).order
+    assert not torch.equal(order.permutation(0), order.permutation(1))
+    other = _train(roots["jpeg"], seed=8).order
+    assert not torch.equal(order.permutation(0), other.permutation(0))
+    p0, p1 = order.params(0, 0), order.params(1, 0)  # step 0 of two epochs
     assert not torch.equal(p0.alpha, p1.alpha) and not torch.equal(p0.top, p1.top)
 
 
@@ -157,7 +160,7 @@ def test_workers_and_paths_give_identical_batches(roots: dict[str, Path]) -> Non
 def test_start_step_resumes_exactly_and_ranks_add_up(roots: dict[str, Path], loader: str) -> None:
     whole = _batches(_train(roots["jpeg"], loader))
     assert _equal(_batches(_train(roots["jpeg"], loader), start=2), whole[2:])
-    ranks = [_batches(_train(roots["jpeg"], loader, rank=r, world_size=2)) for r in (0, 1)]
+    ranks = [_batches(_train(roots["jpeg"], loader, at=Placement("cpu", r, 2))) for r in (0, 1)]
     joined = [
         (torch.cat([r0[0], r1[0]]), torch.cat([r0[1], r1[1]]))
         for r0, r1 in zip(*ranks, strict=True)
@@ -177,7 +180,7 @@ def test_abandoned_epoch_then_resume_with_persistent_workers(roots: dict[str, Pa
 
 def test_more_steps_than_one_permutation_continue_into_the_next(roots: dict[str, Path]) -> None:
     loader = _train(roots["raw"], steps_per_epoch=9)
-    order = loader.plan.order(0).tolist()
+    order = loader.order.permutation(0).tolist()
     assert len(_batches(loader)) == 9 and len(order) == 54
     assert sorted(order[:23]) == sorted(order[23:46]) == list(range(23))
 
@@ -186,8 +189,8 @@ def test_lighting_is_redrawn_each_epoch(roots: dict[str, Path]) -> None:
     aug = AugmentConfig(random_crop=False, flip=False)  # only the lighting varies
     loader = _train(roots["raw"], augment=aug, batch=23)
     (x0, _), (x1, _) = _batches(loader, 0)[0], _batches(loader, 1)[0]
-    first = dict(zip(loader.plan.indices(0, 0).tolist(), x0, strict=True))
-    second = dict(zip(loader.plan.indices(1, 0).tolist(), x1, strict=True))
+    first = dict(zip(loader.order.indices(0, 0).tolist(), x0, strict=True))
+    second = dict(zip(loader.order.indices(1, 0).tolist(), x1, strict=True))
     diff = first[5] - second[5]  # the same image: another, spatially constant, shift
     assert diff.abs().amax() > 0.01
     assert torch.allclose(diff, diff[:, :1, :1].expand_as(diff), atol=1e-3)
@@ -205,10 +208,9 @@ def test_eval_covers_every_image_once(roots: dict[str, Path], views: int, loader
         expected = torch.stack(v2.TenCrop(224)(centred), 1)
     else:
         expected = v2.CenterCrop(224)(centred)[:, None]
-    common = dict(data=cfg, input_size=224, batch_size=4, device="cpu")
     for world in (1, 2, 3):
         parts = [
-            list(EvalLoader(split, stats, rank=r, world_size=world, views=views, **common))
+            list(EvalLoader(split, stats, cfg, ModelConfig(), views, 4, Placement("cpu", r, world)))
             for r in range(world)
         ]
         x = torch.cat([b for part in parts for b, _ in part])
@@ -222,20 +224,20 @@ def test_eval_cpu_workers_and_batched_decode_agree_on_jpeg(roots: dict[str, Path
     root, stats = roots["jpeg"], packed.load_stats(roots["jpeg"])
     split = PackedSplit(root, "val")
     cfgs = [DataConfig(root=root, loader="cpu", workers=2), DataConfig(root=root, loader="gpu")]
-    kw = dict(input_size=224, batch_size=5, device="cpu", views=10)
-    assert _equal(*[list(EvalLoader(split, stats, data=cfg, **kw)) for cfg in cfgs])
+    loaders = [EvalLoader(split, stats, cfg, ModelConfig(), 10, 5, Placement()) for cfg in cfgs]
+    assert _equal(*[list(loader) for loader in loaders])
 
 
 def test_user_errors(roots: dict[str, Path], tmp_path: Path) -> None:
     root = roots["raw"]
     with pytest.raises(UserError, match="divide"):
-        _train(root, batch=6, rank=0, world_size=4)
+        _train(root, batch=6, at=Placement("cpu", 0, 4))
     with pytest.raises(UserError, match="fewer than one batch"):
         _train(root, batch=64)
     train = PackedSplit(root, "train")
-    small = dict(input_size=224, batch_size=4, device="cpu", seed=0)
+    small = (TrainConfig(batch_size=4), ModelConfig(), Placement())
     with pytest.raises(UserError, match="stats.npz"):
-        TrainLoader(train, None, data=DataConfig(), augment=AugmentConfig(), **small)
+        TrainLoader(train, None, DataConfig(), AugmentConfig(), *small)
     with pytest.raises(UserError, match="stats.npz"):
         packed.load_stats(tmp_path)
     with pytest.raises(UserError, match="does not exist"):
@@ -243,7 +245,7 @@ def test_user_errors(roots: dict[str, Path], tmp_path: Path) -> None:
     # torchvision normalisation with fb lighting constants needs no stats at all
     tv = replace(DataConfig(), normalize="channel_mean_std")
     fb = AugmentConfig(lighting_constants="fb")
-    assert len(TrainLoader(train, None, data=tv, augment=fb, **small)) == 5
+    assert len(TrainLoader(train, None, tv, fb, *small)) == 5
 
 
 def test_real_photos_through_both_paths(shared_data: Path, tmp_path: Path) -> None:
@@ -280,16 +282,9 @@ def test_gpu_path_on_cuda_matches_cpu(roots: dict[str, Path]) -> None:
     def run(root: Path, loader: str, device: str) -> list:
         cfg, stats = DataConfig(root=root, loader=loader, workers=2), packed.load_stats(root)
         split = PackedSplit(root, "train")
-        tl = TrainLoader(
-            split,
-            stats,
-            data=cfg,
-            augment=AugmentConfig(),
-            input_size=224,
-            batch_size=6,
-            device=device,
-            seed=3,
-        )
+        train = TrainConfig(batch_size=6, seed=3)
+        at = Placement(device)
+        tl = TrainLoader(split, stats, cfg, AugmentConfig(), train, ModelConfig(), at)
         return [(x.cpu(), y.cpu()) for x, y in tl.epoch(0)]
 
     for enc in ("raw", "jpeg"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -11,10 +12,10 @@ import torch.nn.functional as F
 from alexnet.config import load_config
 from alexnet.data.loaders import EvalLoader, TrainLoader
 from alexnet.data.packed import PackedSplit, load_stats
-from alexnet.engine import EpochPlan, Hooks, evaluate, predict, train_one_epoch
 from alexnet.model import build_model
-from alexnet.optim import build_optimizer
-from alexnet.runtime import Runtime
+from alexnet.runtime import Placement, Runtime
+from alexnet.training.engine import EpochSpan, Hooks, evaluate, predict, train_one_epoch
+from alexnet.training.optim import build_optimizer
 
 from conftest import assert_close_to_f64
 
@@ -39,24 +40,18 @@ def test_a_tiny_run_overfits_one_small_batch(prepared_tiny: Path) -> None:
     cfg = load_config(None, overrides)
     model = build_model(cfg.model)
     split = PackedSplit(prepared_tiny, "train")
+    train = replace(cfg.train, batch_size=4, seed=0)
     loader = TrainLoader(
-        split,
-        load_stats(prepared_tiny),
-        data=cfg.data,
-        augment=cfg.augment,
-        input_size=224,
-        batch_size=4,
-        device="cpu",
-        seed=0,
+        split, load_stats(prepared_tiny), cfg.data, cfg.augment, train, cfg.model, Placement()
     )
     images, labels = next(iter(loader.epoch(0)))
     optimizer = build_optimizer(model, cfg.optim)
     losses: list[float] = []
     hooks = Hooks(log=lambda step, values: losses.append(values["loss"]))
-    plan = EpochPlan(0, 0, 40, 0, log_every=1, checkpoint_every=0)
+    span = EpochSpan(0, 0, 40, 0, log_every=1, checkpoint_every=0)
     batches = itertools.repeat((images, labels))
-    result = train_one_epoch(model, batches, optimizer, CPU, plan, hooks, show_progress=False)
-    assert result["steps_done"] == 40 and len(losses) == 40
+    result = train_one_epoch(model, batches, optimizer, CPU, span, hooks, show_progress=False)
+    assert result.steps_done == 40 and result.images == 40 * 4 and len(losses) == 40
     assert losses[-1] < 0.05 < losses[0]
     with torch.no_grad():
         model.eval()
@@ -69,9 +64,7 @@ def test_evaluate_counts_views_and_averages_softmax(prepared_tiny: Path) -> None
     model = build_model(cfg.model).eval()
     split = PackedSplit(prepared_tiny, "val")
     stats = load_stats(prepared_tiny)
-    ten = EvalLoader(
-        split, stats, data=cfg.data, input_size=224, batch_size=5, device="cpu", views=10
-    )
+    ten = EvalLoader(split, stats, cfg.data, cfg.model, 10, 5, Placement())
     result = evaluate(model, ten, CPU, expected=len(split), show_progress=False)
     probs, labels = [], []
     with torch.no_grad():
@@ -91,8 +84,7 @@ def test_predict_returns_each_images_averaged_softmax(prepared_tiny: Path) -> No
     model = build_model(cfg.model).double().eval()
     split = PackedSplit(prepared_tiny, "val")
     stats = load_stats(prepared_tiny)
-    kw = dict(data=cfg.data, input_size=224, batch_size=3, device="cpu", views=10)
-    loader = EvalLoader(split, stats, **kw)
+    loader = EvalLoader(split, stats, cfg.data, cfg.model, 10, 3, Placement())
     probs, labels = predict(model.float(), loader, CPU, show_progress=False)
     assert probs.shape == (16, 4) and probs.dtype == torch.float32
     assert torch.equal(labels, split.labels)

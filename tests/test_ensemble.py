@@ -11,10 +11,10 @@ import torch
 from torchvision.transforms import v2
 
 from alexnet import eval as eval_cli
-from alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.config import config_from_dict
 from alexnet.data.packed import PackedSplit
 from alexnet.model import AlexNet
+from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
 
 
 def save_variant(state: dict, path: Path) -> Path:

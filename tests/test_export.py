@@ -11,10 +11,10 @@ import torch
 from torchvision.transforms import v2
 
 from alexnet import export
-from alexnet.checkpoint import load_checkpoint
 from alexnet.config import config_from_dict
 from alexnet.data.packed import PackedSplit
 from alexnet.model import AlexNet
+from alexnet.training.checkpoint import load_checkpoint
 
 from conftest import assert_close_to_f64
 

@@ -12,10 +12,11 @@ import torch
 from torchvision.transforms import v2
 
 from alexnet import features
-from alexnet.checkpoint import load_checkpoint, save_checkpoint
 from alexnet.config import config_from_dict
 from alexnet.data.packed import PackedSplit
+from alexnet.inference.features import fit_probe
 from alexnet.model import AlexNet
+from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
 
 from conftest import assert_close_to_f64
 
@@ -60,7 +61,7 @@ def test_probe_is_the_regularised_softmax_regression() -> None:
     centres = rng.normal(0, 1, (3, 20))
     y = rng.integers(0, 3, 90)
     x = (centres[y] + rng.normal(0, 0.8, (90, 20))).astype(np.float32) * 7 + 3
-    probe = features.fit_probe(x, y, 3, l2=0.05)
+    probe = fit_probe(x, y, 3, l2=0.05)
     z = (x.astype(np.float64) - probe.mean.numpy()) / probe.std.numpy()  # its standardisation
     assert np.allclose(z.mean(0), 0, atol=1e-9) and np.allclose(z.std(0, ddof=1), 1)
     g_w, g_b = softmax_regression_gradient(z, y, probe.weight.numpy(), probe.bias.numpy(), 0.05)

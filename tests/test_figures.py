@@ -22,10 +22,10 @@ from alexnet.config import dump_yaml, load_config
 from alexnet.data.labels import read_class_words
 from alexnet.data.packed import PackedSplit
 from alexnet.data.sources import find_sources
-from alexnet.engine import evaluate, predict
 from alexnet.figures import confusion, curves, kernels, neighbours, predictions, table
 from alexnet.figures.__main__ import main as figures_main
-from alexnet.figures.common import load_trained
+from alexnet.inference.trained import load_trained
+from alexnet.training.engine import evaluate, predict
 
 from conftest import F32_EPS, assert_close_to_f64, metric_rows
 
@@ -34,7 +34,7 @@ SHAPES = ["circle", "square", "triangle", "cross"]  # the tiny set's classes (sy
 
 @pytest.fixture(scope="module")
 def trained(tiny_run: Path):
-    return load_trained(tiny_run, tiny_run / "last.pt", workers=0)
+    return load_trained(tiny_run / "last.pt", workers=0)
 
 
 def words_file(prepared: Path) -> list[str]:
@@ -124,12 +124,14 @@ def test_colour_fraction_is_zero_for_grey_one_for_opponent_and_two_thirds_for_no
     assert abs(kernels.colour_fraction(noise).mean().item() - 2 / 3) < 0.02
 
 
-def test_kernels_figure_splits_the_towers_and_prints_their_numbers(trained, tmp_path, capsys):
+def test_kernels_figure_splits_the_towers_and_prints_their_numbers(
+    trained, tiny_run, tmp_path, capsys
+):
     w = trained.model.conv1.weight.detach().double()  # (96, 3, 11, 11)
     flat = w.flatten(2).numpy()
     expected = ((flat - flat.mean(1, keepdims=True)) ** 2).sum((1, 2)) / (flat**2).sum((1, 2))
     out = tmp_path / "kernels.png"
-    argv = ["kernels", str(trained.run), "--checkpoint", str(trained.checkpoint)]
+    argv = ["kernels", str(tiny_run), "--checkpoint", trained.name]
     assert figures_main([*argv, "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert f"tower A (paper: GPU 1): colour fraction mean {expected[:48].mean():.3f}" in err
@@ -212,9 +214,9 @@ def test_neighbours_of_a_trained_run_are_the_nearest_in_fc7(trained) -> None:
     assert rt.device.type == "cpu"
 
 
-def test_neighbours_command_writes_a_png(trained, tmp_path: Path) -> None:
+def test_neighbours_command_writes_a_png(tiny_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "n.png"
-    argv = ["neighbours", str(trained.run), "-n", "2", "-k", "3", "--workers", "0"]
+    argv = ["neighbours", str(tiny_run), "-n", "2", "-k", "3", "--workers", "0"]
     assert figures_main([*argv, "--no-progress", "--out", str(out)]) == 0
     width, height = png_size(out)
     assert width > 600 and height > 300
@@ -332,9 +334,9 @@ def test_confusion_rows_count_each_class_and_the_trace_is_the_accuracy(trained) 
     assert int(matrix.trace()) / int(matrix.sum()) == accuracy["top1_acc"]
 
 
-def test_all_writes_every_figure(trained, tmp_path: Path, capsys) -> None:
+def test_all_writes_every_figure(tiny_run: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
-    shutil.copytree(trained.run, run)  # tiny_run is read-only: draw into a copy
+    shutil.copytree(tiny_run, run)  # tiny_run is read-only: draw into a copy
     assert figures_main(["all", str(run), "--crops", "1", "--no-progress"]) == 0
     for name in ("kernels", "predictions", "neighbours", "curves", "confusion"):
         width, height = png_size(run / "figures" / f"{name}.png")

@@ -15,15 +15,23 @@ import pytest
 import torch
 import torchvision
 
-from alexnet import finetune, train
-from alexnet.checkpoint import load_checkpoint, save_checkpoint
+from alexnet import finetune as finetune_cli
+from alexnet import train
 from alexnet.config import load_config
 from alexnet.errors import UserError
+from alexnet.inference.weights import Weights
 from alexnet.model import AlexNet, build_model
-from alexnet.model.torchvision_weights import from_torchvision, to_torchvision
+from alexnet.model.torchvision_weights import (
+    from_torchvision,
+    to_torchvision,
+    torchvision_config,
+)
 from alexnet.model.towers import TwoDeviceAlexNet
+from alexnet.training import finetune
+from alexnet.training.checkpoint import load_checkpoint, save_checkpoint
+from alexnet.training.loop import run as train_run
 
-from conftest import ROOT, assert_close_to_f64, image_batch, model_cfg, train_argv
+from conftest import ROOT, assert_close_to_f64, image_batch, model_cfg, tiny_overrides, train_argv
 
 # torchvision's alexnet, written out: conv1 padding 2, no LRN, dropout before fc6 and fc7.
 TV_MODEL = (
@@ -98,12 +106,8 @@ def test_finetuning_keeps_frozen_layers_and_trains_the_rest(
         "train.epochs=1",
         "train.steps_per_epoch=2",
     )
-    assert (
-        finetune.main(
-            ["--config", str(ROOT / "configs/demo.yaml"), *train_argv(prepared_tiny, run, *extra)]
-        )
-        == 0
-    )
+    cfg = load_config(ROOT / "configs/demo.yaml", tiny_overrides(prepared_tiny, run, *extra))
+    assert train_run(cfg, progress=False) == 0
     log = capsys.readouterr().err
     assert "fc8: (4, 4096) here, (3, 4096) in the source" in log
     tuned = load_checkpoint(run / "last.pt")
@@ -163,7 +167,7 @@ def test_bad_finetune_settings_are_one_clear_error(
     argv = train_argv(prepared_tiny, tmp_path / "r", f"finetune.init_from={tmp_path / 'no.pt'}")
     assert train.main(argv) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert finetune.main(["--config", str(ROOT / "configs/demo.yaml")]) == 2
+    assert finetune_cli.main(["--config", str(ROOT / "configs/demo.yaml")]) == 2
     assert "does not set finetune.init_from" in capsys.readouterr().err
 
 
@@ -171,7 +175,8 @@ def test_scene15_finetune_config_is_torchvisions_network_and_input() -> None:
     """configs/scene15_finetune.yaml feeds torchvision's weights what they were trained on."""
     cfg = load_config(ROOT / "configs/scene15_finetune.yaml")
     tv = torchvision.models.alexnet(weights=None)
-    source = finetune.Source(from_torchvision(tv.state_dict()), "torchvision", None)
+    weights = from_torchvision(tv.state_dict())
+    source = Weights(weights, torchvision_config(), "torchvision", "torchvision's weights")
     assert finetune.differences(cfg, source) == []
     assert cfg.finetune.init_from == "torchvision" and cfg.model.num_classes == 15
     paper_cfg = load_config(ROOT / "configs/scene15.yaml")  # the faithful net: told apart

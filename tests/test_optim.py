@@ -12,7 +12,7 @@ from torch import nn
 
 from alexnet.config import OptimConfig, ScheduleConfig
 from alexnet.errors import UserError
-from alexnet.optim import (
+from alexnet.training.optim import (
     LRSchedule,
     PaperSGD,
     PlateauState,
@@ -126,12 +126,15 @@ def test_paper_sgd_mixed_dtypes_skips_params_without_grad_and_returns_closure() 
     for _ in range(2):
         a.grad, b.grad = torch.ones(2), torch.full((1,), 2.0, dtype=torch.float64)
         assert opt.step(lambda: 7.0) == 7.0
+
     # Per element: v1 = -0.001 w0 - 0.1 g ; w1 = w0 + v1 ; v2 = 0.5 v1 - 0.001 w1 - 0.1 g.
-    for p, w0, g in ((a, 1.0, 1.0), (a, 2.0, 1.0), (b, 3.0, 2.0)):
+    def two_steps(w0: float, g: float) -> float:
         v1 = -0.001 * w0 - 0.1 * g
         w1 = w0 + v1
-        w2 = w1 + 0.5 * v1 - 0.001 * w1 - 0.1 * g
-        assert w2 in [pytest.approx(x, rel=1e-6) for x in p.tolist()]
+        return w1 + 0.5 * v1 - 0.001 * w1 - 0.1 * g
+
+    assert a.tolist() == pytest.approx([two_steps(1.0, 1.0), two_steps(2.0, 1.0)], rel=1e-6)
+    assert b.tolist() == pytest.approx([two_steps(3.0, 2.0)], rel=1e-12)
     assert c.item() == 4.0 and c not in opt.state
     assert b.dtype == torch.float64 and opt.state[b]["velocity"].dtype == torch.float64
 
@@ -258,7 +261,7 @@ def test_plateau_step_over_a_hand_made_history() -> None:
         previous = state
         state, got = plateau_step(state, error, SCHED)
         assert (got, state.best, state.bad_epochs, state.drops) == (event, best, bad, drops), error
-        assert previous is not state  # pure: a new state each time
+        assert plateau_step(previous, error, SCHED) == (state, got)  # pure: no hidden state
     with pytest.raises(dataclasses.FrozenInstanceError):
         state.drops = 0  # type: ignore[misc]
 
@@ -303,22 +306,23 @@ def _reload(schedule: LRSchedule, cfg: ScheduleConfig, base_lr: float) -> LRSche
 def test_lr_schedule_plateau_and_state_round_trip() -> None:
     errors = [0.5, 0.45, 0.445, 0.439, 0.44, 0.43, 0.35, 0.36, 0.35, 0.30, 0.31, 0.31]
     schedule = LRSchedule(SCHED, base_lr=0.01)
-    seen = []
+    seen, best = [], math.inf  # the lowest error so far is the caller's (session.Position)
     for epoch, error in enumerate(errors[:6]):
-        seen.append((schedule.lr(epoch), schedule.observe(epoch, error)))
+        seen.append((schedule.lr(epoch), schedule.observe(error, best)))
+        best = min(best, error)
     state = schedule.state_dict()
     assert all(type(v) in (str, int, float) for v in state.values())
     resumed = _reload(schedule, SCHED, 0.01)
     assert resumed.state_dict() == state
     for epoch, error in enumerate(errors[6:], start=6):
-        a = (schedule.lr(epoch), schedule.observe(epoch, error))
-        b = (resumed.lr(epoch), resumed.observe(epoch, error))
+        a = (schedule.lr(epoch), schedule.observe(error, best))
+        b = (resumed.lr(epoch), resumed.observe(error, best))
         assert a == b
         seen.append(a)
+        best = min(best, error)
     lrs = [lr for lr, _ in seen]
     assert lrs == pytest.approx([0.01] * 6 + [0.001] * 3 + [0.0001] * 3)
     assert [e for _, e in seen][-1] == "stop"
-    assert schedule.best == 0.30
 
 
 def test_lr_schedule_milestones() -> None:
@@ -326,9 +330,9 @@ def test_lr_schedule_milestones() -> None:
     schedule = LRSchedule(cfg, base_lr=0.02)
     lrs = [schedule.lr(e) for e in range(6)]
     assert lrs == pytest.approx([0.02, 0.02, 0.002, 0.002, 2e-4, 2e-4])
-    events = [schedule.observe(e, err) for e, err in enumerate([0.5, 0.6, 0.4])]
+    bests = [math.inf, 0.5, 0.5]  # the lowest error before each epoch
+    events = [schedule.observe(err, b) for err, b in zip([0.5, 0.6, 0.4], bests, strict=True)]
     assert events == ["improved", "wait", "improved"]
-    assert schedule.best == 0.4
-    assert _reload(schedule, cfg, 0.02).best == 0.4
+    assert _reload(schedule, cfg, 0.02).lr(4) == pytest.approx(2e-4)
     with pytest.raises(UserError, match="schedule"):
         LRSchedule(SCHED, 0.01).load_state_dict(schedule.state_dict())

@@ -14,9 +14,9 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 from alexnet import predict
-from alexnet.checkpoint import load_checkpoint
 from alexnet.config import config_from_dict
 from alexnet.model import AlexNet
+from alexnet.training.checkpoint import load_checkpoint
 
 EPS32 = torch.finfo(torch.float32).eps
 

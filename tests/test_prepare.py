@@ -16,10 +16,9 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 
 from alexnet import prepare as prep
-from alexnet.data import packed, units
-from alexnet.data import prepare as prep_lib
+from alexnet.data import pack, packed, units
+from alexnet.data.shapes import SHAPES, make_image
 from alexnet.data.sources import find_sources
-from alexnet.data.synthetic import SHAPES, make_image
 from alexnet.errors import UserError
 
 # sorted: tench; tusker (75x56: upscaled); Airedale (grayscale JPEG); can opener (EXIF rotation,
@@ -246,7 +245,7 @@ def test_resume_redoes_only_unfinished_units(source: Path, tmp_path: Path, monke
     common = ["--workers", "1", "--unit-size", "2"]
     assert prep.main([str(source), str(tmp_path / "whole"), *common]) == 0
     out = tmp_path / "resumed"
-    real, calls = prep_lib.run_unit, []
+    real, calls = pack.run_unit, []
 
     def crash_on_fourth(job):
         calls.append(job[2].stem)
@@ -257,10 +256,10 @@ def test_resume_redoes_only_unfinished_units(source: Path, tmp_path: Path, monke
             raise RuntimeError("simulated crash")
         return real(job)
 
-    monkeypatch.setattr(prep_lib, "run_unit", crash_on_fourth)
+    monkeypatch.setattr(pack, "run_unit", crash_on_fourth)
     with pytest.raises(RuntimeError, match="simulated crash"):
         prep.main([str(source), str(out), *common])
-    monkeypatch.setattr(prep_lib, "run_unit", real)
+    monkeypatch.setattr(pack, "run_unit", real)
     with pytest.raises(UserError, match="no meta.json"):
         packed.read_meta(out)
     finished = _unit_files(out)

@@ -10,9 +10,9 @@ from torch import nn
 
 from alexnet import runtime as runtime_lib
 from alexnet.config import ConfigError, ModelConfig, ParallelConfig, RuntimeConfig, load_config
-from alexnet.engine import evaluate
 from alexnet.model import AlexNet
 from alexnet.runtime import Runtime, canonical_state_dict, load_canonical_state_dict, unwrap
+from alexnet.training.engine import evaluate
 
 CPU = (torch.device("cpu"),)
 

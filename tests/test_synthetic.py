@@ -12,11 +12,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from alexnet import prepare as prep
-from alexnet import synthetic as syn_cli
-from alexnet.data import packed, units
-from alexnet.data import synthetic as syn
+from alexnet import synthetic
+from alexnet.data import images, packed, shapes
 
-GT, MAP, WORDS = syn.LABEL_FILES
+GT, MAP, WORDS = shapes.LABEL_FILES
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -26,20 +25,20 @@ def _files(root: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return syn.make_synthetic(tmp_path_factory.mktemp("syn") / "src", 4, 6, 3, seed=5)
+    return shapes.draw_shape_set(tmp_path_factory.mktemp("syn") / "src", 4, 6, 3, seed=5)
 
 
 def test_same_seed_gives_the_same_bytes(small: Path, tmp_path: Path) -> None:
-    again = _files(syn.make_synthetic(tmp_path / "again", 4, 6, 3, seed=5))
+    again = _files(shapes.draw_shape_set(tmp_path / "again", 4, 6, 3, seed=5))
     assert again == _files(small)
-    other = _files(syn.make_synthetic(tmp_path / "other", 4, 6, 3, seed=6))
+    other = _files(shapes.draw_shape_set(tmp_path / "other", 4, 6, 3, seed=6))
     assert other.keys() == again.keys()
     images = [k for k in again if k.endswith(".JPEG")]
     assert all(other[k] != again[k] for k in images)
 
 
 def test_layout_counts_and_devkit_style_labels(small: Path) -> None:
-    wnids = [syn.wnid(c) for c in range(4)]
+    wnids = [shapes.wnid(c) for c in range(4)]
     assert sorted(p.name for p in (small / "train").iterdir()) == wnids
     for w in wnids:
         names = sorted(p.name for p in (small / "train" / w).iterdir())
@@ -52,9 +51,9 @@ def test_layout_counts_and_devkit_style_labels(small: Path) -> None:
     assert sorted(row[0] for row in table) == wnids and table[0][0] != wnids[0]  # scrambled IDs
     assert sorted(ids) == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
     words = [line.split() for line in (small / WORDS).read_text().splitlines()]
-    assert words == [[w, syn.SHAPES[c]] for c, w in enumerate(wnids)]
+    assert words == [[w, shapes.SHAPES[c]] for c, w in enumerate(wnids)]
     sizes = {Image.open(p).size for p in small.rglob("*.JPEG")}
-    assert all(syn.SIDE[0] <= s <= syn.SIDE[1] for size in sizes for s in size)
+    assert all(shapes.SIDE[0] <= s <= shapes.SIDE[1] for size in sizes for s in size)
     assert len({round(w / h, 2) for w, h in sizes}) > 10  # varied aspect ratios
 
 
@@ -65,9 +64,9 @@ def test_three_odd_but_valid_training_files(small: Path) -> None:
             if (image.format, image.mode) != ("JPEG", "RGB"):
                 found[str(path.relative_to(small))] = (image.format, image.mode)
     assert found == {
-        f"train/{syn.wnid(0)}/{syn.wnid(0)}_1.JPEG": ("JPEG", "L"),
-        f"train/{syn.wnid(1)}/{syn.wnid(1)}_1.JPEG": ("JPEG", "CMYK"),
-        f"train/{syn.wnid(2)}/{syn.wnid(2)}_1.JPEG": ("PNG", "RGB"),
+        f"train/{shapes.wnid(0)}/{shapes.wnid(0)}_1.JPEG": ("JPEG", "L"),
+        f"train/{shapes.wnid(1)}/{shapes.wnid(1)}_1.JPEG": ("JPEG", "CMYK"),
+        f"train/{shapes.wnid(2)}/{shapes.wnid(2)}_1.JPEG": ("PNG", "RGB"),
     }
 
 
@@ -83,11 +82,11 @@ def test_prepares_end_to_end_with_the_flat_val_labels(small: Path, tmp_path: Pat
     ids = [int(line) for line in (small / GT).read_text().split()]
     wanted = sorted((int(id_to_wnid[i][1:]) - 90000001, j) for j, i in enumerate(ids, 1))
     val = packed.PackedSplit(out, "val")
-    assert val.classes == [syn.wnid(c) for c in range(4)]
+    assert val.classes == [shapes.wnid(c) for c in range(4)]
     assert val.labels.tolist() == [label for label, _ in wanted]
     for k, (_, j) in enumerate(wanted):  # each record is the right file, not just the right count
         source = Image.open(small / "val" / f"ILSVRC2012_val_{j:08d}.JPEG").convert("RGB")
-        want = np.asarray(units.resize_center_crop(source, 256))
+        want = np.asarray(images.resize_center_crop(source, 256))
         assert np.array_equal(val.image(k).permute(1, 2, 0).numpy(), want)
 
 
@@ -98,7 +97,7 @@ def _block(cin: int, cout: int, kernel: int, stride: int) -> list[torch.nn.Modul
 
 def test_classes_are_learnable_by_a_small_convnet(tmp_path: Path) -> None:
     """A tiny CNN gets far below chance (75 % error) in 150 steps: the class signal is strong."""
-    src = syn.make_synthetic(tmp_path / "src", 4, 40, 15, seed=1)
+    src = shapes.draw_shape_set(tmp_path / "src", 4, 40, 15, seed=1)
     assert prep.main([str(src), str(tmp_path / "prep"), "--workers", "1"]) == 0
 
     def load(split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,12 +134,12 @@ def test_classes_are_learnable_by_a_small_convnet(tmp_path: Path) -> None:
 def test_cli_writes_and_rewrites_its_own_folder_only(tmp_path: Path, capsys) -> None:
     out = tmp_path / "syn"
     args = [str(out), "--classes", "2", "--train-per-class", "1", "--val-per-class", "1"]
-    assert syn_cli.main(args) == 0
+    assert synthetic.main(args) == 0
     first = _files(out)
-    assert syn_cli.main(args) == 0 and _files(out) == first  # an earlier synthetic set is replaced
+    assert synthetic.main(args) == 0 and _files(out) == first  # an earlier set is replaced
     foreign = tmp_path / "photos"
     foreign.mkdir()
     (foreign / "holiday.jpg").write_bytes(b"")
-    assert syn_cli.main([str(foreign)]) == 2
+    assert synthetic.main([str(foreign)]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert syn_cli.main([str(tmp_path / "x"), "--classes", "99"]) == 2
+    assert synthetic.main([str(tmp_path / "x"), "--classes", "99"]) == 2

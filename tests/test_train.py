@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from alexnet import train
-from alexnet.checkpoint import load_checkpoint
+from alexnet.training.checkpoint import load_checkpoint
+from alexnet.training.loop import run as train_run
 
-from conftest import ROOT, metric_rows, train_argv
+from conftest import ROOT, metric_rows, tiny_config, train_argv
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -68,7 +69,7 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(
     proc.wait()
     stopped = load_checkpoint(run / "last.pt")
     assert (stopped["epoch"], stopped["step"]) < (2, 0), "the kill came too late to test a resume"
-    assert train.main([*train_argv(prepared_tiny, run), "--resume", "auto"]) == 0
+    assert train_run(tiny_config(prepared_tiny, run), "auto", progress=False) == 0
     ref, got = weights(tiny_run / "last.pt"), weights(run / "last.pt")
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     ref_losses = [r["loss"] for r in metric_rows(tiny_run, "train")]
@@ -88,7 +89,7 @@ def test_sigint_saves_a_checkpoint_and_exits_cleanly(
     assert "Traceback" not in out and "resume with --resume auto" in out
     stopped = load_checkpoint(run / "last.pt")
     assert (stopped["epoch"], stopped["step"]) < (2, 0)
-    assert train.main(train_argv(prepared_tiny, run) + ["--resume", "auto"]) == 0
+    assert train_run(tiny_config(prepared_tiny, run), "auto", progress=False) == 0
     ref, got = weights(tiny_run / "last.pt"), weights(run / "last.pt")
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
@@ -122,7 +123,7 @@ def test_kill_9_during_a_save_then_resume_leaves_no_temporary_file(
     left = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     assert left and all(name.startswith(".last.pt.") for name in left)  # the killed save
     assert load_checkpoint(run / "last.pt")["global_step"] == 1  # the first save is intact
-    assert train.main([*train_argv(prepared_tiny, run), "--resume", "auto"]) == 0
+    assert train_run(tiny_config(prepared_tiny, run), "auto", progress=False) == 0
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
     ref, got = weights(tiny_run / "last.pt"), weights(run / "last.pt")
     assert all(torch.equal(ref[k], got[k]) for k in ref)  # and the run ended as if never killed
@@ -145,7 +146,7 @@ def test_plateau_cuts_the_lr_three_times_through_the_optimiser_then_stops(
         "train.steps_per_epoch=1",
         "train.checkpoint_every=0",
     )
-    assert train.main(train_argv(prepared_tiny, run, *extra)) == 0
+    assert train_run(tiny_config(prepared_tiny, run, *extra), progress=False) == 0
     epochs = metric_rows(run, "epoch")
     assert [r["event"] for r in epochs] == ["improved", "drop", "drop", "drop", "stop"]
     assert [r["lr"] for r in epochs] == pytest.approx([1e-12, 1e-12, 1e-13, 1e-14, 1e-15])
@@ -167,9 +168,9 @@ def test_two_device_form_on_cpu_trains_from_the_same_first_loss(
     """
     once = ("train.epochs=1", "train.steps_per_epoch=2", "train.checkpoint_every=0")
     single, towers = tmp_path / "single", tmp_path / "towers"
-    assert train.main(train_argv(prepared_tiny, single, *once)) == 0
+    assert train_run(tiny_config(prepared_tiny, single, *once), progress=False) == 0
     extra = ("parallel.mode=two_device", "parallel.devices=[cpu, cpu]")
-    assert train.main(train_argv(prepared_tiny, towers, *once, *extra)) == 0
+    assert train_run(tiny_config(prepared_tiny, towers, *once, *extra), progress=False) == 0
     ref = [r["loss"] for r in metric_rows(single, "train")]
     got = [r["loss"] for r in metric_rows(towers, "train")]
     assert len(got) == 2 and got[0] == pytest.approx(ref[0], rel=1e-4)
@@ -227,7 +228,7 @@ def test_a_loss_stuck_at_ln_classes_is_warned_about(
         "train.epochs=1",
         "train.checkpoint_every=0",
     )
-    assert train.main(train_argv(prepared_tiny, tmp_path / "run", *extra)) == 0
+    assert train_run(tiny_config(prepared_tiny, tmp_path / "run", *extra), progress=False) == 0
     err = capsys.readouterr().err
     assert f"about ln(4) = {math.log(4):.3f}" in err
 

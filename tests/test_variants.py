@@ -17,14 +17,15 @@ from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 from alexnet import prepare
-from alexnet.config import DataConfig, load_config
+from alexnet.config import DataConfig, ModelConfig, load_config
 from alexnet.data import transforms as T
 from alexnet.data.loaders import EvalLoader
 from alexnet.data.packed import PackedSplit, load_stats
 from alexnet.errors import UserError
 from alexnet.model import AlexNet, build_model
 from alexnet.model.variants import SameMapNorm
-from alexnet.optim import LRSchedule, build_optimizer, set_lr
+from alexnet.runtime import Placement
+from alexnet.training.optim import LRSchedule, build_optimizer, set_lr
 
 from conftest import ROOT, image_batch, model_cfg
 
@@ -124,7 +125,7 @@ def test_resized_crop_keeps_the_other_draws() -> None:
 def test_bgr_hands_the_network_caffes_channel_order(prepared_tiny: Path) -> None:
     split, stats = PackedSplit(prepared_tiny, "val"), load_stats(prepared_tiny)
     cfg = DataConfig(root=prepared_tiny, workers=0, channel_order="bgr")
-    loader = EvalLoader(split, stats, data=cfg, input_size=224, batch_size=2, device="cpu", views=1)
+    loader = EvalLoader(split, stats, cfg, ModelConfig(), 1, 2, Placement())
     views, _ = next(iter(loader))
     image = split.image(0).double().numpy()  # (3, 256, 256) RGB
     want = (image - stats.mean)[::-1, 16:240, 16:240]  # mean subtracted in RGB, then B, G, R
@@ -146,7 +147,7 @@ def test_warp_prepares_caffes_images_and_loaders_check_it(
     want = np.asarray(original.resize((256, 256), Image.Resampling.BICUBIC))
     assert np.array_equal(split.image(0).permute(1, 2, 0).numpy(), want)
     with pytest.raises(UserError, match="--resize warp"):
-        EvalLoader(split, None, data=DataConfig(), input_size=224, batch_size=1, device="cpu")
+        EvalLoader(split, None, DataConfig(), ModelConfig(), 10, 1, Placement())
 
 
 def test_variant_files_say_what_they_are() -> None:

@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from alexnet import atomic
 from alexnet.bench.common import hardware
-from alexnet.config import AugmentConfig, DataConfig
+from alexnet.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig
 from alexnet.data import packed
 from alexnet.data.loaders import TrainLoader
 from alexnet.errors import UserError
-from alexnet.runtime import available_cpus
+from alexnet.runtime import Placement, available_cpus
 
 WARMUP = 3  # batches fetched before timing starts (worker start-up, first touches of memory)
 
@@ -50,16 +50,10 @@ def loader_rate(root: Path, split: str, loader: str, workers: int, batch: int, s
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = DataConfig(root=root, loader=loader, workers=workers)
+    train = TrainConfig(batch_size=batch, seed=0, steps_per_epoch=WARMUP + steps)
+    split_data, stats = packed.PackedSplit(root, split), packed.load_stats(root)
     tl = TrainLoader(
-        packed.PackedSplit(root, split),
-        packed.load_stats(root),
-        data=cfg,
-        augment=AugmentConfig(),
-        input_size=224,
-        batch_size=batch,
-        device=device,
-        seed=0,
-        steps_per_epoch=WARMUP + steps,
+        split_data, stats, cfg, AugmentConfig(), train, ModelConfig(), Placement(device)
     )
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     threads = torch.get_num_threads()

@@ -29,7 +29,7 @@ from alexnet.bench.train import (
     settings,
 )
 from alexnet.config import Config, input_size, load_config
-from alexnet.engine import evaluate
+from alexnet.training.engine import evaluate
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,9 @@ optimiser's update) on synthetic input already on the device, and, given ``--dat
 batches from the prepared data set through the configured loader. ``--compare torchvision``
 adds ``torchvision.models.alexnet``, ``--compare no_lrn`` the configured net without LRN and
 ``--compare former_lrn`` the configured net with the former ``F.local_response_norm`` LRN,
-each built with the same runtime (batch, dtype, memory format, compile setting) and optimiser.
+each built with the same runtime (batch, dtype, memory format, compile setting) and optimiser,
+whose learning rate is ``BENCH_LR``: tiny, so that no net's loss leaves the finite numbers over
+the repeated batch (the step costs the same at any lr).
 The nets take turns, round by round, in this one process; each one's median images/s over the
 rounds and its ratio to torchvision's are printed. Warm-up steps (cuDNN autotuning,
 torch.compile) run first and are not counted.
@@ -30,15 +32,16 @@ from alexnet.atomic import write_json
 from alexnet.bench.common import hardware, interleaved, synchronize
 from alexnet.config import Config, input_size, load_config
 from alexnet.data.packed import PackedSplit, load_stats
-from alexnet.engine import EpochPlan, Hooks, train_one_epoch
 from alexnet.errors import UserError
 from alexnet.model import PaperLRN, build_model
 from alexnet.model.lrn import reference_lrn
-from alexnet.optim import build_optimizer
 from alexnet.runtime import Runtime
+from alexnet.training.engine import EpochSpan, Hooks, NonFiniteLoss, train_one_epoch
+from alexnet.training.optim import build_optimizer
 
 CONFIGURED = "configured"  # the net the config describes
 NETS = ("torchvision", "no_lrn", "former_lrn")  # what --compare can add
+BENCH_LR = 1e-6  # the learning rate every timed net trains with (see build_candidate)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -95,6 +98,7 @@ class Candidate:
     module: nn.Module
     optimizer: torch.optim.Optimizer
     rt: Runtime
+    name: str = CONFIGURED
 
 
 def build_candidate(name: str, cfg: Config, rt: Runtime) -> Candidate:
@@ -120,20 +124,28 @@ def build_candidate(name: str, cfg: Config, rt: Runtime) -> Candidate:
             if isinstance(getattr(model, layer), PaperLRN):
                 setattr(model, layer, FormerLRN(getattr(model, layer)))
     module = rt.wrap(model)
-    return Candidate(module, build_optimizer(runtime_lib.unwrap(module), cfg.optim), rt)
+    # The step's cost does not depend on the lr's value, but its numbers do: the paper's lr on
+    # one batch seen again and again drove a net to NaN after a few steps (batch 128 on an
+    # H200). A tiny lr keeps every net finite for any number of steps at the same cost.
+    optim = dataclasses.replace(cfg.optim, lr=BENCH_LR)
+    optimizer = build_optimizer(runtime_lib.unwrap(module), optim)
+    return Candidate(module, optimizer, rt, name)
 
 
 def train_rate(c: Candidate, batches: Iterator, steps: int) -> float:
     """Images/s of ``steps`` training steps, the clock stopped once the devices are done."""
-    plan = EpochPlan(0, 0, steps, 0, log_every=steps, checkpoint_every=0)
+    span = EpochSpan(0, 0, steps, 0, log_every=steps, checkpoint_every=0)
     synchronize(c.rt.devices)
     start = time.perf_counter()
     batches = itertools.islice(batches, steps)
-    result = train_one_epoch(
-        c.module, batches, c.optimizer, c.rt, plan, Hooks(), show_progress=False
-    )
+    try:
+        result = train_one_epoch(
+            c.module, batches, c.optimizer, c.rt, span, Hooks(), show_progress=False
+        )
+    except NonFiniteLoss as err:
+        raise UserError(f"{c.name}: {err} (with lr {BENCH_LR:g})") from None
     synchronize(c.rt.devices)
-    return result["images"] / (time.perf_counter() - start)
+    return result.images / (time.perf_counter() - start)
 
 
 def synthetic_batches(cfg: Config, device: torch.device) -> Iterator:
@@ -148,16 +160,8 @@ def real_batches(cfg: Config, device: torch.device) -> Iterator:
     from alexnet.data.loaders import TrainLoader
 
     split = PackedSplit(cfg.data.root, cfg.data.train_split)
-    loader = TrainLoader(
-        split,
-        load_stats(cfg.data.root),
-        data=cfg.data,
-        augment=cfg.augment,
-        input_size=input_size(cfg.model),
-        batch_size=cfg.train.batch_size,
-        device=device,
-        seed=cfg.train.seed,
-    )
+    stats, at = load_stats(cfg.data.root), runtime_lib.Placement(device)
+    loader = TrainLoader(split, stats, cfg.data, cfg.augment, cfg.train, cfg.model, at)
     return itertools.chain.from_iterable(loader.epoch(e) for e in itertools.count())
 
 
@@ -167,7 +171,8 @@ def settings(cfg: Config) -> str:
     return (
         f"model {cfg.model.arch}, {cfg.parallel.mode}, batch {cfg.train.batch_size}, "
         f"{rt.dtype} (eval {rt.eval_dtype}), channels_last={rt.channels_last}, "
-        f"compile={rt.compile} ({rt.compile_mode}), optimiser {cfg.optim.momentum_semantics}"
+        f"compile={rt.compile} ({rt.compile_mode}), optimiser {cfg.optim.momentum_semantics} "
+        f"(lr {BENCH_LR:g})"
     )
 
 

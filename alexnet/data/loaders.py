@@ -1,7 +1,7 @@
 """Training and evaluation batches from a prepared data set (``alexnet.data.packed``).
 
 Batching is a pure function of (seed, epoch, step), whatever the number of processes
-(``plan.py``):
+(``sampling.py``):
 
 - the epoch's order is ``torch.randperm`` from a generator seeded by (seed, epoch);
 - global step t is ``order[t*B:(t+1)*B]`` (the last partial batch is dropped), and its
@@ -33,14 +33,13 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from alexnet import paper
-from alexnet.config import AugmentConfig, DataConfig
+from alexnet.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig, input_size
 from alexnet.data import normalize as N
 from alexnet.data import transforms as T
 from alexnet.data.packed import PackedSplit, Stats
-from alexnet.data.plan import EvalBatches, StepKeys, Timing, TrainPlan, TrainSteps
+from alexnet.data.sampling import EvalBatches, StepKeys, Timing, TrainOrder, TrainSteps
 from alexnet.errors import UserError
-from alexnet.runtime import loader_workers
+from alexnet.runtime import Placement, loader_workers
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (float images on the device, int64 labels)
 READ_AHEAD = 3  # steps of encoded bytes the gpu path reads ahead in its thread
@@ -49,23 +48,16 @@ READ_AHEAD = 3  # steps of encoded bytes the gpu path reads ahead in its thread
 class _Loader:
     """What both loaders share: the worker DataLoader, byte reading, batched decode, timing."""
 
-    def __init__(
-        self,
-        split: PackedSplit,
-        data_cfg: DataConfig,
-        device: torch.device | str,
-        rank: int,
-        world_size: int,
-    ) -> None:
-        if not 0 <= rank < world_size:
-            raise UserError(f"rank {rank} is outside a world of {world_size} processes")
+    def __init__(self, split: PackedSplit, data_cfg: DataConfig, at: Placement) -> None:
+        if not 0 <= at.rank < at.world_size:
+            raise UserError(f"rank {at.rank} is outside a world of {at.world_size} processes")
         if split.resize != data_cfg.resize:
             raise UserError(
                 f"{split.root} holds images prepared with --resize {split.resize} but "
                 f"data.resize is {data_cfg.resize}: prepare the set again with "
                 f"`python -m alexnet.prepare SOURCE OUT --resize {data_cfg.resize}`"
             )
-        self.split, self.cfg, self.device = split, data_cfg, torch.device(device)
+        self.split, self.cfg, self.device = split, data_cfg, torch.device(at.device)
         self.timing = Timing()
         self._dataset: Dataset | None = None  # what the cpu path's workers read
         self._loader: DataLoader | None = None
@@ -157,79 +149,70 @@ class _Loader:
 
 
 class TrainLoader(_Loader):
-    """Training batches: float (n, 3, size, size) images and int64 (n,) labels on ``device``.
+    """Training batches: float (n, 3, size, size) images and int64 (n,) labels on ``at.device``.
 
     Args:
         stats: the data set's statistics (mean image, RGB eigenvectors); None only if unused.
-        data, augment: the config sections (loader kind, workers, normalisation; §4.1 options).
-        input_size: side of the network input (224, or 227 for Caffe's geometry).
-        batch_size: the global batch; each of ``world_size`` ranks gets batch_size / world_size.
-        seed: with the epoch and step, fixes every batch's images and augmentation.
-        steps_per_epoch: None = every full batch of one permutation; more continues into the
-            next permutations.
+        data, augment: the loader kind, workers and normalisation; the §4.1 augmentation.
+        train: ``batch_size`` (global: each of ``at.world_size`` ranks gets its share),
+            ``seed`` (with the epoch and step it fixes every batch's images and augmentation)
+            and ``steps_per_epoch`` (None = every full batch of one permutation).
+        model: the input size it implies (224, or 227 for Caffe's geometry).
+        at: the device and this process's rank.
     """
 
     def __init__(
         self,
         split: PackedSplit,
         stats: Stats | None,
-        *,
         data: DataConfig,
         augment: AugmentConfig,
-        input_size: int,
-        batch_size: int,
-        device: torch.device | str,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        steps_per_epoch: int | None = None,
+        train: TrainConfig,
+        model: ModelConfig,
+        at: Placement,
     ) -> None:
-        super().__init__(split, data, device, rank, world_size)
-        if batch_size % world_size:
-            raise UserError(
-                f"batch size {batch_size} does not divide over {world_size} "
-                "processes; pick a multiple"
-            )
-        if len(split) < batch_size:
-            raise UserError(
-                f"{split.root}/{split.split} has {len(split)} images, fewer than "
-                f"one batch of {batch_size}"
-            )
-        aug = augment
+        super().__init__(split, data, at)
+        batch, world = train.batch_size, at.world_size
+        if batch % world:
+            raise UserError(f"batch size {batch} does not divide over {world} processes")
+        if len(split) < batch:
+            where = f"{split.root}/{split.split}"
+            raise UserError(f"{where} has {len(split)} images, fewer than one batch of {batch}")
+        self.size = input_size(model)
         draw = dict(
             image_size=split.image_size,
-            size=input_size,
-            random_crop=aug.random_crop,
-            flip=aug.flip,
-            alpha_std=aug.lighting_alpha_std,
-            resized_crop=aug.random_resized_crop,
+            size=self.size,
+            random_crop=augment.random_crop,
+            flip=augment.flip,
+            alpha_std=augment.lighting_alpha_std,
+            resized_crop=augment.random_resized_crop,
         )
-        steps = steps_per_epoch or len(split) // batch_size
-        self.size = input_size
-        self.plan = TrainPlan(len(split), batch_size, steps, seed, rank, world_size, draw)
+        steps = train.steps_per_epoch or len(split) // batch
+        self.order = TrainOrder(len(split), batch, steps, train.seed, at.rank, world, draw)
         self.norm = N.build_normalizer(
             stats,
             data.normalize,
-            input_size,
+            self.size,
             self.device,
-            lighting=aug.lighting,
-            lighting_constants=aug.lighting_constants,
+            lighting=augment.lighting,
+            lighting_constants=augment.lighting_constants,
             channel_order=data.channel_order,
         )
-        self._dataset = TrainSteps(split, self.plan, input_size)
+        self._dataset = TrainSteps(split, self.order, self.size)
 
-    def steps(self, epoch: int = 0) -> int:
-        """Global steps in ``epoch`` (the same for every epoch)."""
-        return self.plan.steps
+    @property
+    def steps(self) -> int:
+        """Global steps per epoch (the same for every epoch)."""
+        return self.order.steps
 
     def __len__(self) -> int:
-        return self.plan.steps
+        return self.order.steps
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
         """Batches ``start_step``, ``start_step + 1``, ... of ``epoch``."""
-        if not 0 <= start_step <= self.plan.steps:
-            raise UserError(f"start step {start_step} is outside 0..{self.plan.steps} (steps)")
-        steps = range(start_step, self.plan.steps)
+        if not 0 <= start_step <= self.order.steps:
+            raise UserError(f"start step {start_step} is outside 0..{self.order.steps} (steps)")
+        steps = range(start_step, self.order.steps)
         if self.cfg.loader == "gpu":
             return self._timed(self._decoded_batches(epoch, steps))
         return self._timed(self._worker_batches([(epoch, t) for t in steps]))
@@ -241,8 +224,8 @@ class TrainLoader(_Loader):
 
     def _decoded_batches(self, epoch: int, steps: range) -> Iterator[Batch]:
         def read(step: int) -> tuple:
-            idx = self.plan.indices(epoch, step).tolist()
-            return *self._read(idx), self.plan.params(epoch, step)
+            idx = self.order.indices(epoch, step).tolist()
+            return *self._read(idx), self.order.params(epoch, step)
 
         for data, labels, p in self._read_ahead(list(steps), read):
             images = self._decode(data)
@@ -262,25 +245,22 @@ class EvalLoader(_Loader):
         self,
         split: PackedSplit,
         stats: Stats | None,
-        *,
         data: DataConfig,
-        input_size: int,
+        model: ModelConfig,
+        views: int,
         batch_size: int,
-        device: torch.device | str,
-        views: int = paper.TEST_VIEWS,
-        rank: int = 0,
-        world_size: int = 1,
+        at: Placement,
     ) -> None:
-        super().__init__(split, data, device, rank, world_size)
+        super().__init__(split, data, at)
         if batch_size < 1:
             raise UserError(f"evaluation batch size must be >= 1, got {batch_size}")
-        n = len(split)
-        lo, hi = rank * n // world_size, (rank + 1) * n // world_size
+        n, rank, world = len(split), at.rank, at.world_size
+        lo, hi = rank * n // world, (rank + 1) * n // world
         self.batches = [range(i, min(i + batch_size, hi)) for i in range(lo, hi, batch_size)]
-        self.num_images, self.size, self.views = hi - lo, input_size, views
-        self.positions = T.view_positions(split.image_size, split.image_size, input_size, views)
+        self.size, self.views = input_size(model), views
+        self.positions = T.view_positions(split.image_size, split.image_size, self.size, views)
         self.norm = N.build_normalizer(
-            stats, data.normalize, input_size, self.device, channel_order=data.channel_order
+            stats, data.normalize, self.size, self.device, channel_order=data.channel_order
         )
         self._dataset = EvalBatches(split, self.batches)
 

@@ -17,7 +17,7 @@ import torch
 
 from alexnet import paper
 from alexnet.data.packed import Stats
-from alexnet.data.transforms import AugmentParams, Position, center_crop, crop_flip, crop_views
+from alexnet.data.transforms import AugmentParams, View, center_crop, crop_flip, crop_views
 from alexnet.errors import UserError
 
 Normalize = Literal["mean_image", "mean_image_center", "channel_mean_std"]
@@ -135,9 +135,7 @@ def finish(crops: torch.Tensor, params: AugmentParams, norm: Normalizer) -> torc
     return x.flip(-3) if norm.bgr else x
 
 
-def finish_views(
-    views: torch.Tensor, positions: Sequence[Position], norm: Normalizer
-) -> torch.Tensor:
+def finish_views(views: torch.Tensor, positions: Sequence[View], norm: Normalizer) -> torch.Tensor:
     """Evaluation input from (N, V, 3, s, s) crops taken at ``positions``; no lighting.
 
     mean_image subtracts the mean at each view's own position and flip.

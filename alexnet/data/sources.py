@@ -51,7 +51,7 @@ CLASS_WORDS_PATTERNS = CLASS_LIST_PATTERNS + ID_MAP_PATTERNS  # searched for the
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One source image: its split, class index and file (``Plan.root / name``)."""
+    """One source image: its split, class index and file (``Inventory.root / name``)."""
 
     split: str
     label: int
@@ -59,8 +59,8 @@ class Item:
 
 
 @dataclass
-class Plan:
-    """Everything prepare needs to know about a source tree."""
+class Inventory:
+    """What a source tree holds: its classes and images, and everything odd about them."""
 
     root: Path
     classes: list[str]
@@ -131,8 +131,8 @@ def find_sources(
     class_list: Path | None = None,
     limit_per_class: int | None = None,
     class_words: Path | None = None,
-) -> Plan:
-    """Plan the preparation of ``src``: every (split, label, file), sorted, plus what is odd.
+) -> Inventory:
+    """The inventory of ``src``: every (split, label, file), sorted, plus what is odd.
 
     Args:
         src: the source folder (see the module docstring for the layouts).
@@ -150,47 +150,47 @@ def find_sources(
         hint = f" (it holds {len(tars)} .tar files: extract each to train/<wnid>/)" if tars else ""
         raise UserError(f"{root / 'train'} has no class folders{hint}")
     classes = sorted(train)
-    plan = Plan(root=root, classes=classes, items=[], irregular=irregular)
-    _name_classes(plan, Path(src), class_words or class_list)
-    plan.unknown += [f"train/{n}: not inside a class folder" for n in loose]
+    inventory = Inventory(root=root, classes=classes, items=[], irregular=irregular)
+    _name_classes(inventory, Path(src), class_words or class_list)
+    inventory.unknown += [f"train/{n}: not inside a class folder" for n in loose]
     per_split = {"train": {c: train[c] for c in classes}}
     val_dir = next((root / n for n in VAL_FOLDERS if (root / n).is_dir()), None)
     if val_dir is not None:
         val, loose, irregular = _scan(val_dir, val_dir.name)
-        plan.irregular += irregular
+        inventory.irregular += irregular
         if val:
-            plan.val_source = f"class folders in {val_dir.name}/"
+            inventory.val_source = f"class folders in {val_dir.name}/"
             for c in sorted(set(val) - set(classes)):
-                plan.unknown += [f"{n}: class {c} has no train folder" for n in val[c]]
-            plan.unknown += [f"{val_dir.name}/{n}: not inside a class folder" for n in loose]
+                inventory.unknown += [f"{n}: class {c} has no train folder" for n in val[c]]
+            inventory.unknown += [f"{val_dir.name}/{n}: not inside a class folder" for n in loose]
             per_split["val"] = {c: val.get(c, []) for c in classes}
         elif loose and val_dir.name != "test":  # a flat test/ (Kaggle's) has no labels at all
             given = (val_labels, id_map, class_list)
-            per_split["val"] = _flat_val(plan, Path(src), val_dir, loose, given)
+            per_split["val"] = _flat_val(inventory, Path(src), val_dir, loose, given)
     for split, by_class in per_split.items():
-        plan.missing[split] = [c for c in classes if not by_class[c]]
+        inventory.missing[split] = [c for c in classes if not by_class[c]]
         for label, c in enumerate(classes):
             files = by_class[c][:limit_per_class] if limit_per_class else by_class[c]
-            plan.items += [Item(split, label, name) for name in files]
-    return plan
+            inventory.items += [Item(split, label, name) for name in files]
+    return inventory
 
 
-def _name_classes(plan: Plan, src: Path, words_path: Path | None) -> None:
-    """Fill ``plan.class_names`` from a words file (given or found), else the folder names."""
-    folders = [src, plan.root, src / "devkit" / "data", *sorted(src.glob("*devkit*/data"))]
+def _name_classes(inventory: Inventory, src: Path, words_path: Path | None) -> None:
+    """Fill ``inventory.class_names`` from a words file (given or found), else the folder names."""
+    folders = [src, inventory.root, src / "devkit" / "data", *sorted(src.glob("*devkit*/data"))]
     words_path = words_path or _discover(folders, CLASS_WORDS_PATTERNS)
     words = read_class_words(Path(words_path)) if words_path else {}
-    plan.class_names = [words.get(c, c) for c in plan.classes]
-    if words_path and any(c in words for c in plan.classes):
-        plan.names_source = str(words_path)
+    inventory.class_names = [words.get(c, c) for c in inventory.classes]
+    if words_path and any(c in words for c in inventory.classes):
+        inventory.names_source = str(words_path)
 
 
 def _flat_val(
-    plan: Plan, src: Path, val_dir: Path, files: list[str], paths: tuple[Path | None, ...]
+    inventory: Inventory, src: Path, val_dir: Path, files: list[str], paths: tuple[Path | None, ...]
 ) -> dict[str, list[str]]:
-    """Label a flat validation folder from a label file; fills plan.unknown and plan.val_source."""
+    """Label a flat validation folder from a label file; fills ``unknown`` and ``val_source``."""
     val_labels, id_map_path, class_list_path = paths
-    folders = [src, plan.root, val_dir, src / "devkit" / "data"]
+    folders = [src, inventory.root, val_dir, src / "devkit" / "data"]
     folders += sorted(src.glob("*devkit*/data"))
     label_path = val_labels or _discover(folders, LABEL_FILE_PATTERNS)
     if label_path is None:
@@ -200,9 +200,9 @@ def _flat_val(
             "map_clsloc.txt), Kaggle's LOC_val_solution.csv or Caffe's val.txt"
         )
     labels = read_label_file(Path(label_path))
-    plan.label_files.append(labels.path)
+    inventory.label_files.append(labels.path)
     id_map: dict[int, str] | None = None
-    class_list = plan.classes
+    class_list = inventory.classes
     if labels.kind == "devkit":
         map_path = id_map_path or _discover(folders, ID_MAP_PATTERNS)
         if map_path is None:
@@ -211,12 +211,12 @@ def _flat_val(
                 "the ID->wnid table with --id-map (map_clsloc.txt: `wnid ID name` per line)"
             )
         id_map = read_id_map(Path(map_path))
-        plan.label_files.append(Path(map_path))
+        inventory.label_files.append(Path(map_path))
     elif labels.kind == "caffe":
         list_path = class_list_path or _discover(folders, CLASS_LIST_PATTERNS)
         if list_path is not None:
             class_list = read_class_list(Path(list_path))
-            plan.label_files.append(Path(list_path))
+            inventory.label_files.append(Path(list_path))
         top = max(int(v) for v in labels.by_stem.values())
         if list_path is None and top + 1 != len(class_list):
             raise UserError(
@@ -224,18 +224,18 @@ def _flat_val(
                 "classes: pass the class order it refers to with --class-list synset_words.txt"
             )
     kinds = {"devkit": "devkit IDs", "kaggle": "Kaggle CSV", "caffe": "Caffe val.txt"}
-    used = " + ".join(p.name for p in plan.label_files)
-    plan.val_source = f"{kinds.get(labels.kind, 'one wnid per line')} ({used})"
-    here = {p.name for p in plan.label_files if p.resolve().parent == val_dir.resolve()}
+    used = " + ".join(p.name for p in inventory.label_files)
+    inventory.val_source = f"{kinds.get(labels.kind, 'one wnid per line')} ({used})"
+    here = {p.name for p in inventory.label_files if p.resolve().parent == val_dir.resolve()}
     files = [n for n in files if n not in here]  # label files kept inside val/ are no images
     wnids = flat_labels(files, labels, id_map, class_list)
-    by_class: dict[str, list[str]] = {c: [] for c in plan.classes}
+    by_class: dict[str, list[str]] = {c: [] for c in inventory.classes}
     for name, wnid in wnids.items():
         rel = f"{val_dir.name}/{name}"
         if wnid is None:
-            plan.unknown.append(f"{rel}: no label in {labels.path.name}")
+            inventory.unknown.append(f"{rel}: no label in {labels.path.name}")
         elif wnid not in by_class:
-            plan.unknown.append(f"{rel}: class {wnid} has no train folder")
+            inventory.unknown.append(f"{rel}: class {wnid} has no train folder")
         else:
             by_class[wnid].append(rel)
     return by_class

@@ -23,7 +23,7 @@ import torch
 from alexnet import paper
 from alexnet.errors import UserError
 
-Position = tuple[int, int, bool]  # top, left, horizontally flipped
+View = tuple[int, int, bool]  # top, left, horizontally flipped
 # torchvision's RandomResizedCrop defaults: area fraction and aspect ratio (w / h) of the box
 TV_RRC_SCALE = (0.08, 1.0)
 TV_RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -155,7 +155,7 @@ def crop_flip(
     return torch.stack(views)
 
 
-def view_positions(height: int, width: int, size: int, views: int) -> list[Position]:
+def view_positions(height: int, width: int, size: int, views: int) -> list[View]:
     """Positions of the evaluation views, in ``torchvision.transforms.v2.TenCrop`` order.
 
     ``views=1`` is the centre crop. ``views=10`` is §4.1's four corners and centre, then the
@@ -174,7 +174,7 @@ def view_positions(height: int, width: int, size: int, views: int) -> list[Posit
     return [(y, x, False) for y, x in five] + [(y, right - x, True) for y, x in five]
 
 
-def crop_views(images: torch.Tensor, positions: Sequence[Position], size: int) -> torch.Tensor:
+def crop_views(images: torch.Tensor, positions: Sequence[View], size: int) -> torch.Tensor:
     """The same views of every image: (N, C, H, W) -> (N, V, C, size, size)."""
     out = []
     for y, x, mirrored in positions:

@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from alexnet import atomic, inference, runtime
-from alexnet.checkpoint import BEST, LAST
-from alexnet.config import Config
-from alexnet.data.loaders import EvalLoader
+from alexnet import atomic, cli
 from alexnet.data.packed import PackedSplit
 from alexnet.data.transforms import center_crop
 from alexnet.errors import UserError
+from alexnet.inference.trained import Trained, load_trained
 from alexnet.log import info
-from alexnet.model import AlexNet
+from alexnet.training.checkpoint import BEST, LAST
 
 if TYPE_CHECKING:  # matplotlib is imported by the figures themselves, when they are drawn
     from matplotlib.figure import Figure
@@ -36,74 +32,12 @@ PHOTO_DPI = 100  # figures made of photos: about their own pixels, 1-2 MB
 FIGURES = "figures"  # <run>/figures/<name>.png
 
 
-@dataclass
-class Trained:
-    """A run's trained network, on its device in eval mode, with what it was trained on."""
-
-    run: Path
-    checkpoint: Path
-    net: inference.Trained  # the network on the CPU and its preprocessing
-    cfg: Config  # the stored config with the command line's data changes
-    model: AlexNet  # ``net.model`` on ``rt.device``
-    rt: runtime.Runtime
-    class_names: list[str]  # in words ("tench, Tinca tinca"), in label order
-
-    def split(self, name: str | None = None) -> PackedSplit:
-        """A split (default: the validation split) of the run's data."""
-        return PackedSplit(self.cfg.data.root, name or self.cfg.data.val_split)
-
-    def loader(
-        self, split: PackedSplit, views: int = 1, batch_size: int | None = None
-    ) -> EvalLoader:
-        """Evaluation batches of ``split`` (``views`` 1 or 10) on the run's device, made the
-        way the network was evaluated in training; the classes must be the run's."""
-        size = batch_size or self.cfg.eval.batch_size
-        return self.net.eval_loader(split, views, size, self.rt.device, self.cfg.data.workers)
-
-
 def find_checkpoint(run: Path) -> Path:
     """``run/best.pt``, else ``run/last.pt``."""
     for name in (BEST, LAST):
         if (run / name).is_file():
             return run / name
     raise UserError(f"{run} holds no {BEST} or {LAST}: give a run folder written by alexnet.train")
-
-
-def load_trained(run: Path, checkpoint: Path | None = None, **changes: Any) -> Trained:
-    """The network of ``checkpoint`` (default: the run's best.pt, else last.pt), ready to run.
-
-    The model and the data settings come from the config stored in the checkpoint. ``changes``
-    may set ``device`` (default: cuda:0 if present, else cpu), ``data`` (the prepared data
-    folder), ``workers`` (loader processes) and ``batch_size`` (images per evaluation batch).
-    """
-    path = checkpoint or find_checkpoint(run)
-    net = inference.load_trained(path)
-    if net.stats is None:
-        raise UserError(f"{path} holds torchvision's weights: give a run written by alexnet.train")
-    cfg = _with(net.cfg, "data", root=changes.get("data"), workers=changes.get("workers"))
-    cfg = _with(cfg, "eval", batch_size=changes.get("batch_size"))
-    rt = net.runtime(changes.get("device"))
-    names = (
-        net.class_names if net.class_names != net.classes else _names_from_data(cfg, net.classes)
-    )
-    return Trained(run, path, net, cfg, net.model.to(rt.device), rt, names)
-
-
-def _with(cfg: Config, section: str, **values: Any) -> Config:
-    """``cfg`` with the values that are not None set in ``section``."""
-    values = {k: v for k, v in values.items() if v is not None}
-    return dataclasses.replace(
-        cfg, **{section: dataclasses.replace(getattr(cfg, section), **values)}
-    )
-
-
-def _names_from_data(cfg: Config, ids: list[str]) -> list[str]:
-    """Checkpoints written before class names were stored: the data set's names, else the ids."""
-    try:
-        split = PackedSplit(cfg.data.root, cfg.data.val_split)
-    except UserError:
-        return ids
-    return split.class_names if split.classes == ids else ids
 
 
 def subset(split: PackedSplit, indices: Sequence[int]) -> PackedSplit:
@@ -139,17 +73,6 @@ def short_names(names: Sequence[str]) -> list[str]:
             short = f"{short} ({parts[1]})" if len(parts) > 1 else f"{short} ({i})"
         out.append(short)
     return out
-
-
-@torch.no_grad()
-def features(
-    model: AlexNet, batches: EvalLoader, rt: runtime.Runtime, layer: str = "fc7"
-) -> Iterator[torch.Tensor]:
-    """``layer``'s activations (n, D) of the first view of each batch's images, batch by batch."""
-    model.eval()
-    for views, _ in batches:
-        with rt.autocast():
-            yield model.forward_to(rt.batch(views[:, 0]), layer).float()
 
 
 def output_path(out: Path | None, run: Path, name: str) -> Path:
@@ -196,14 +119,17 @@ def add_model_arguments(p: argparse.ArgumentParser, crops: bool = True) -> None:
             choices=(1, 10),
             help="views per image, softmax averaged (default: the run's eval.views)",
         )
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda:0 if present)")
-    p.add_argument("--workers", type=int, help="loader processes (default: the run's)")
-    p.add_argument("--batch-size", type=int, help="images per batch (default: eval.batch_size)")
     p.add_argument("--out", type=Path, help="PNG to write (default: RUN/figures/NAME.png)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli.add_inference_options(p, workers_help="loader processes (default: the run's)")
 
 
 def trained_from_args(args: argparse.Namespace) -> Trained:
-    """``load_trained`` with the arguments of ``add_model_arguments``."""
-    changes = dict(device=args.device, data=args.data, workers=args.workers)
-    return load_trained(args.run, args.checkpoint, **changes, batch_size=args.batch_size)
+    """The run's network (``--checkpoint``, else its best.pt, else last.pt) with the arguments
+    of ``add_model_arguments``; torchvision's weights are refused (no training set to show)."""
+    path = args.checkpoint or find_checkpoint(args.run)
+    trained = load_trained(
+        path, args.device, data=args.data, workers=args.workers, batch_size=args.batch_size
+    )
+    if trained.stats is None:
+        raise UserError(f"{path} holds torchvision's weights: give a run written by alexnet.train")
+    return trained

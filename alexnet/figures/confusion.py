@@ -1,6 +1,6 @@
 """Per-class error and the confusion matrix of a run on its validation split.
 
-Predictions are the evaluator's (``alexnet.engine.predict``: views softmax-averaged, §4.1);
+Predictions are the evaluator's (``training.engine.predict``: views softmax-averaged, §4.1);
 row ``i`` of the matrix counts the images of class ``i`` by predicted (top-1) class. With up to
 ``MATRIX_CLASSES`` classes the matrix is drawn; with more, the figure shows the classes with the
 highest error and ``confusion.md`` beside it lists the most confused pairs.
@@ -9,13 +9,13 @@ highest error and ``confusion.md`` beside it lists the most confused pairs.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from alexnet import atomic
-from alexnet.engine import predict
 from alexnet.figures.common import (
     add_model_arguments,
     output_path,
@@ -24,6 +24,7 @@ from alexnet.figures.common import (
     trained_from_args,
 )
 from alexnet.log import info
+from alexnet.training.engine import predict
 
 MATRIX_CLASSES = 30  # draw the matrix up to this many classes
 WORST = 30  # otherwise: this many classes with the highest error
@@ -133,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     info("most confused pairs:\n" + table)
     title = (
         f"{args.run}: {split.split} split, {total} images, "
-        f"{views} view{'s' if views > 1 else ''} ({trained.checkpoint.name})"
+        f"{views} view{'s' if views > 1 else ''} ({Path(trained.name).name})"
     )
     save_figure(draw(matrix, names, title), path)
     return 0

@@ -18,9 +18,9 @@ import torch
 from matplotlib.figure import Figure
 
 from alexnet import paper
-from alexnet.checkpoint import load_checkpoint
 from alexnet.figures.common import find_checkpoint, output_path, save_figure
 from alexnet.log import info
+from alexnet.training.checkpoint import load_checkpoint
 
 RANDOM_FRACTION = 2 / 3  # expected fraction for i.i.d. noise kernels: 2 of 3 colour directions
 COLUMNS = 16  # kernels per row: each tower's 48 kernels in three rows

@@ -21,7 +21,6 @@ from alexnet.figures.common import (
     PHOTO_DPI,
     Trained,
     add_model_arguments,
-    features,
     image_axes,
     output_path,
     pictures,
@@ -31,6 +30,7 @@ from alexnet.figures.common import (
     subset,
     trained_from_args,
 )
+from alexnet.inference.features import layer_outputs
 from alexnet.log import info
 
 LAYER = "fc7"  # §6.1: the last 4096-dimensional hidden layer
@@ -72,9 +72,9 @@ def nearest_training_images(
     """fc7 distances and indices of the ``k`` training images nearest to validation ``queries``."""
     rt = trained.rt
     val = subset(trained.split(trained.cfg.data.val_split), queries)
-    q = torch.cat(list(features(trained.model, trained.loader(val), rt, LAYER)))
+    q = torch.cat([f for f, _ in layer_outputs(trained.model, trained.loader(val), rt, LAYER)])
     train = trained.loader(trained.split(trained.cfg.data.train_split))
-    blocks = features(trained.model, train, rt, LAYER)
+    blocks = (f for f, _ in layer_outputs(trained.model, train, rt, LAYER))
     bar = tqdm(
         blocks, total=len(train), desc="training set", unit="batch", disable=not show_progress
     )

@@ -1,7 +1,7 @@
 """The paper's Fig. 4 (left): validation images with the network's five most probable classes.
 
 As in the paper, the correct label is written under each image and its bar is red when it is
-among the five. Probabilities are the evaluator's (``alexnet.engine.predict``: the softmax of
+among the five. Probabilities are the evaluator's (``training.engine.predict``: the softmax of
 each view, averaged over the views, §4.1).
 """
 
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 from matplotlib.figure import Figure
 
-from alexnet.engine import predict
 from alexnet.figures.common import (
     PHOTO_DPI,
     Trained,
@@ -30,6 +29,7 @@ from alexnet.figures.common import (
     trained_from_args,
 )
 from alexnet.log import info
+from alexnet.training.engine import predict
 
 TOP = 5  # §6: "the five labels considered most probable by the model"
 COLUMNS = 4

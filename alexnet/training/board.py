@@ -17,14 +17,15 @@ import torch
 import torch.nn.functional as F
 
 from alexnet import runtime as runtime_lib
-from alexnet.config import input_size
 from alexnet.data.loaders import EvalLoader
 from alexnet.data.packed import PackedSplit
-from alexnet.engine import predict
-from alexnet.figures.common import features, pictures, short_names, spread, subset
+from alexnet.figures.common import pictures, short_names, spread, subset
+from alexnet.inference.features import layer_outputs
+from alexnet.runtime import Placement
+from alexnet.training.engine import predict
 
 if TYPE_CHECKING:
-    from alexnet.session import Session
+    from alexnet.training.session import Session
 
 THUMBNAIL = 64  # pixels a side in the projector's sprite
 
@@ -50,7 +51,8 @@ def record_epoch(s: Session, epoch: int, last: bool) -> None:
     if last and run.tensorboard_embedding:
         indices = spread(len(split), run.tensorboard_embedding)
         net = model if hasattr(model, "forward_to") else model.to_alexnet().to(s.rt.device)
-        fc7 = torch.cat(list(features(net, _loader(s, subset(split, indices)), s.rt)))
+        batches = _loader(s, subset(split, indices))
+        fc7 = torch.cat([f for f, _ in layer_outputs(net, batches, s.rt, "fc7")])
         thumbs = pictures(split, indices).float().div(255)
         thumbs = F.interpolate(thumbs, size=THUMBNAIL, mode="bilinear", antialias=True)
         names = short_names(split.class_names)
@@ -68,12 +70,6 @@ def record_epoch(s: Session, epoch: int, last: bool) -> None:
 
 def _loader(s: Session, split: PackedSplit) -> EvalLoader:
     """Centre-crop batches of a few images, read in this process (no worker start-up)."""
-    return EvalLoader(
-        split,
-        s.data.stats,
-        data=dataclasses.replace(s.cfg.data, workers=0),
-        input_size=input_size(s.cfg.model),
-        batch_size=s.cfg.eval.batch_size,
-        device=s.rt.device,
-        views=1,
-    )
+    data = dataclasses.replace(s.cfg.data, workers=0)
+    at = Placement(s.rt.device)
+    return EvalLoader(split, s.data.stats, data, s.cfg.model, 1, s.cfg.eval.batch_size, at)

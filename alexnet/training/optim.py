@@ -27,8 +27,6 @@ from alexnet import paper
 from alexnet.config import ALL_LAYERS, OptimConfig, ScheduleConfig
 from alexnet.errors import UserError
 
-EVENTS = ("improved", "wait", "drop", "stop")  # what plateau_step / LRSchedule.observe return
-
 
 class PaperSGD(torch.optim.Optimizer):
     """SGD with momentum in the paper's form: velocity in parameter units (§5).
@@ -212,14 +210,15 @@ class LRSchedule:
     """The configured schedule as a small object the trainer checkpoints.
 
     Use: at the start of epoch ``e`` call ``set_lr(optimizer, schedule.lr(e))``; after its
-    validation call ``event = schedule.observe(e, val_error)`` and stop training on "stop".
+    validation call ``event = schedule.observe(val_error, best)`` and stop training on "stop".
+    The lowest validation error so far (``best``) is the training position's to keep
+    (``session.Position``); the plateau rule keeps only what it compares against.
     """
 
     def __init__(self, cfg: ScheduleConfig, base_lr: float) -> None:
         self.cfg = cfg
         self.base_lr = base_lr
         self.plateau = PlateauState()
-        self._best = math.inf
 
     def lr(self, epoch: int) -> float:
         """Weight lr for 0-based ``epoch`` (plateau: set by the cuts so far; epoch unused)."""
@@ -238,31 +237,23 @@ class LRSchedule:
         own = replace(c, milestones=milestones, factor=factor)
         return self.base_lr * milestone_scale(epoch, own)
 
-    def observe(self, epoch: int, val_error: float) -> str:
-        """Record epoch ``epoch``'s validation error; return the event (see ``plateau_step``).
+    def observe(self, val_error: float, best: float) -> str:
+        """Record an epoch's validation error; return the event (see ``plateau_step``).
 
-        For milestones the event is "improved" (a new lowest error) or "wait", never "drop"
-        or "stop": the cuts follow the epoch number.
+        ``best`` is the lowest validation error of the epochs before. For milestones the
+        event is "improved" (below ``best``) or "wait", never "drop" or "stop": the cuts
+        follow the epoch number.
         """
-        improved = val_error < self._best
-        if improved:
-            self._best = float(val_error)
         if self.cfg.type == "plateau":
             self.plateau, event = plateau_step(self.plateau, val_error, self.cfg)
             return event
-        return "improved" if improved else "wait"
-
-    @property
-    def best(self) -> float:
-        """Lowest validation error observed (no threshold); inf before the first epoch."""
-        return self._best
+        return "improved" if val_error < best else "wait"
 
     def state_dict(self) -> dict[str, Any]:
         """Plain Python numbers and strings, safe for ``torch.load(weights_only=True)``."""
         p = self.plateau
         return {
             "type": self.cfg.type,
-            "best": self._best,
             "plateau_best": p.best,
             "bad_epochs": p.bad_epochs,
             "drops": p.drops,
@@ -279,7 +270,6 @@ class LRSchedule:
                 f"the checkpoint's lr schedule is {state.get('type')!r} but the config says "
                 f"{self.cfg.type!r}; resume with the run's own config (schedule.type)"
             )
-        self._best = float(state["best"])
         self.plateau = PlateauState(
             best=float(state["plateau_best"]),
             bad_epochs=int(state["bad_epochs"]),

@@ -1,7 +1,7 @@
 """One training run's pieces: its run folder, data, model, optimiser, schedule and position.
 
-``alexnet.train`` builds a ``Session`` with ``build_session`` and runs the epochs; this module
-knows how the pieces are made, restored from a checkpoint and saved again.
+``loop.run`` builds a ``Session`` with ``build_session`` and runs the epochs; this module knows
+how the pieces are made, restored from a checkpoint and saved again.
 """
 
 from __future__ import annotations
@@ -13,28 +13,42 @@ from typing import Any
 
 import torch
 
-from alexnet import atomic, finetune
-from alexnet import checkpoint as ckpt
+from alexnet import atomic
 from alexnet import runtime as runtime_lib
-from alexnet.config import Config, config_from_dict, dump_yaml, input_size, to_dict
+from alexnet.config import Config, config_from_dict, dump_yaml, to_dict
 from alexnet.data.loaders import EvalLoader, TrainLoader
 from alexnet.data.packed import PackedSplit, Stats, load_stats
 from alexnet.errors import UserError
+from alexnet.inference.weights import Weights
 from alexnet.log import RunLog, environment, info
 from alexnet.model import build_model
-from alexnet.optim import LRSchedule, build_optimizer
+from alexnet.training import checkpoint as ckpt
+from alexnet.training import finetune
+from alexnet.training.optim import LRSchedule, build_optimizer
 
 
 @dataclass
 class Position:
-    """Where training stands: the next step to run and the best validation error so far."""
+    """Where training stands: the next step to run and the best validation error so far.
+
+    ``best`` is the one record of the lowest validation top-1 error: ``best.pt`` is saved when
+    it falls, the schedule is told it (``LRSchedule.observe``), the last line reports it.
+    """
 
     epoch: int = 0
     step: int = 0  # steps of ``epoch`` already done
-    global_step: int = 0
+    global_step: int = 0  # steps done since the run began (TensorBoard's x axis)
     best: float = math.inf
     stop_signal: int = 0  # the signal that asked us to stop, if any
     history: list[dict[str, float]] = field(default_factory=list)
+
+    def move_to(self, step: int) -> None:
+        """``step`` steps of the current epoch are done (the global count follows)."""
+        self.global_step += step - self.step
+        self.step = step
+
+    def next_epoch(self) -> None:
+        self.epoch, self.step = self.epoch + 1, 0
 
 
 @dataclass
@@ -49,7 +63,7 @@ class Data:
 
 @dataclass
 class Session:
-    """The pieces one training run wires together (built once by ``_train``)."""
+    """The pieces one training run wires together (built once by ``loop.run``)."""
 
     cfg: Config
     rt: runtime_lib.Runtime
@@ -118,28 +132,10 @@ def build_data(cfg: Config, rt: runtime_lib.Runtime) -> Data:
             f"train.batch_size {cfg.train.batch_size} does not divide over "
             f"{rt.world_size} processes"
         )
-    stats, size = load_stats(cfg.data.root), input_size(cfg.model)
-    where = dict(device=rt.device, rank=rt.rank, world_size=rt.world_size)
-    train = TrainLoader(
-        train_split,
-        stats,
-        data=cfg.data,
-        augment=cfg.augment,
-        input_size=size,
-        batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed,
-        steps_per_epoch=cfg.train.steps_per_epoch,
-        **where,
-    )
-    val = EvalLoader(
-        val_split,
-        stats,
-        data=cfg.data,
-        input_size=size,
-        batch_size=cfg.eval.batch_size,
-        views=cfg.train.val_views,
-        **where,
-    )
+    stats, at = load_stats(cfg.data.root), rt.placement
+    train = TrainLoader(train_split, stats, cfg.data, cfg.augment, cfg.train, cfg.model, at)
+    val_views, val_batch = cfg.train.val_views, cfg.eval.batch_size
+    val = EvalLoader(val_split, stats, cfg.data, cfg.model, val_views, val_batch, at)
     return Data(train, val, stats, train_split.classes)
 
 
@@ -149,7 +145,7 @@ def build_session(
     data: Data,
     state: dict[str, Any] | None,
     progress: bool,
-    source: finetune.Source | None = None,
+    source: Weights | None = None,
 ) -> Session:
     """Model, optimiser, schedule and position: new (from ``source``'s weights when
     fine-tuning), or restored from ``state``."""
@@ -164,19 +160,16 @@ def build_session(
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        pos = Position(
-            state["epoch"],
-            state["step"],
-            state["global_step"],
-            state["best"],
-            history=list(state.get("history", [])),
-        )
+        pos = Position(state["epoch"], state["step"], state["global_step"], state["best"])
+        pos.history = list(state.get("history", []))
         ckpt.set_rng_state(state["rng"][rt.rank])
     log = RunLog(cfg.run.dir, enabled=rt.is_main, tensorboard=cfg.run.tensorboard)
     return Session(cfg, rt, module, optimizer, schedule, data, log, pos, progress)
 
 
-def resume_path(arg: str | None, run_dir: Path) -> Path | None:
+def resume_path(arg: str | Path | None, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: ``arg`` itself, ``run_dir/last.pt`` for "auto" (None
+    if there is none yet), or None for a new run, which must not overwrite an old one."""
     if arg is None:
         if (run_dir / ckpt.LAST).exists():
             raise UserError(
@@ -184,7 +177,7 @@ def resume_path(arg: str | None, run_dir: Path) -> Path | None:
                 "--resume auto, or choose another --set run.dir=..."
             )
         return None
-    if arg == "auto":
+    if str(arg) == "auto":
         return ckpt.find_resume_checkpoint(run_dir)
     return Path(arg)
 

@@ -1,7 +1,14 @@
-"""One training epoch and one evaluation pass: explicit inputs, metric dicts out."""
+"""One training epoch and one pass of evaluation or prediction: explicit inputs, results out.
+
+``train_one_epoch`` runs the steps an ``EpochSpan`` names (a whole epoch, or its rest after a
+resume) and returns an ``EpochResult``; ``evaluate`` counts top-1/top-5 errors exactly (sums,
+never means of means, over DDP ranks too); ``predict`` returns every image's probabilities.
+The training loop around them is ``loop.py``; benchmarks call them directly.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -11,10 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from alexnet.data.loaders import Batch
 from alexnet.metrics import Accumulator, average_views, check_count
 from alexnet.runtime import Runtime
-
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class NonFiniteLoss(RuntimeError):
@@ -26,7 +32,7 @@ class NonFiniteLoss(RuntimeError):
 
 
 @dataclass(frozen=True)
-class EpochPlan:
+class EpochSpan:
     """Which steps of which epoch to run, and how often to report and checkpoint."""
 
     epoch: int
@@ -35,6 +41,22 @@ class EpochPlan:
     first_global_step: int  # global step number of ``start_step``
     log_every: int
     checkpoint_every: int  # 0 = never mid-epoch
+
+    def global_step(self, done: int) -> int:
+        """The global step count once ``done`` steps of the epoch are complete."""
+        return self.first_global_step + done - self.start_step
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """What ``train_one_epoch`` did: its means over the steps it ran, and how far it got."""
+
+    loss: float  # mean training loss over the steps run
+    top1_err: float  # training error over this run's images (NaN if none)
+    top5_err: float
+    steps_done: int  # steps of the epoch complete (start_step + steps run)
+    images: int  # images this process trained on
+    seconds: float
 
 
 @dataclass
@@ -51,11 +73,11 @@ def train_one_epoch(
     batches: Iterable[Batch],
     optimizer: torch.optim.Optimizer,
     rt: Runtime,
-    plan: EpochPlan,
+    span: EpochSpan,
     hooks: Hooks,
     show_progress: bool = True,
-) -> dict[str, float]:
-    """Run ``plan``'s steps; returns loss/error means over them and how far it got.
+) -> EpochResult:
+    """Run ``span``'s steps; returns loss/error means over them and how far it got.
 
     Losses stay on the device between reports; every ``log_every`` steps (and before every
     checkpoint) they are checked at once, so a non-finite loss is found before it is saved.
@@ -66,15 +88,15 @@ def train_one_epoch(
     module.train()
     totals = Accumulator()
     bar = tqdm(
-        total=plan.steps,
-        initial=plan.start_step,
-        desc=f"epoch {plan.epoch}",
+        total=span.steps,
+        initial=span.start_step,
+        desc=f"epoch {span.epoch}",
         unit="step",
         disable=not (show_progress and rt.is_main),
         dynamic_ncols=True,
         leave=False,
     )
-    report = _Report(plan, hooks, bar, optimizer.param_groups[0]["lr"], plan.start_step)
+    report = _Report(span, hooks, bar, optimizer.param_groups[0]["lr"], span.start_step)
     for images, labels in batches:
         with rt.autocast():
             logits = module(rt.batch(images))
@@ -84,32 +106,32 @@ def train_one_epoch(
         optimizer.step()
         totals.update(logits.detach(), labels.to(logits.device))
         done = report.add(loss, len(labels))
-        if done % plan.log_every == 0:
+        if done % span.log_every == 0:
             report.flush()
-        if plan.checkpoint_every and done % plan.checkpoint_every == 0 and done < plan.steps:
+        if span.checkpoint_every and done % span.checkpoint_every == 0 and done < span.steps:
             report.flush()
             hooks.checkpoint(done)
-        if done >= plan.steps or hooks.should_stop():
+        if done >= span.steps or hooks.should_stop():
             break
     report.flush()
     bar.close()
     totals.all_reduce()  # training error over all ranks' images (a sum, never a mean of means)
-    rates = totals.rates() if totals.n else {"top1_err": float("nan"), "top5_err": float("nan")}
-    return {
-        "loss": report.loss_sum / max(report.done - plan.start_step, 1),
-        "top1_err": rates["top1_err"],
-        "top5_err": rates["top5_err"],
-        "steps_done": float(report.done),
-        "images": float(report.seen),
-        "seconds": time.perf_counter() - report.started,
-    }
+    rates = totals.rates() if totals.n else {"top1_err": math.nan, "top5_err": math.nan}
+    return EpochResult(
+        loss=report.loss_sum / max(report.done - span.start_step, 1),
+        top1_err=rates["top1_err"],
+        top5_err=rates["top5_err"],
+        steps_done=report.done,
+        images=report.seen,
+        seconds=time.perf_counter() - report.started,
+    )
 
 
 @dataclass
 class _Report:
     """The epoch's running count; step losses wait on the device until ``flush`` checks them."""
 
-    plan: EpochPlan
+    span: EpochSpan
     hooks: Hooks
     bar: tqdm
     lr: float
@@ -131,7 +153,7 @@ class _Report:
         if not self.window:
             return
         losses = torch.stack(self.window).float().cpu()
-        step = self.plan.first_global_step + self.done - self.plan.start_step
+        step = self.span.global_step(self.done)
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             i = int(bad[0])
@@ -183,13 +205,13 @@ def predict(
 
     ``batches`` yield (views (n, V, 3, S, S), labels) like ``evaluate``'s. Returns float32
     probabilities (N, C) and int64 labels (N,) on the CPU, in the loader's order (this process's
-    shard only under DDP).
+    shard only under DDP). Runs in ``runtime.eval_dtype``, as ``evaluate`` does.
     """
     module.eval()
     probs, labels = [], []
     for views, y in _progress(batches, show_progress and rt.is_main, "predict"):
         n, v = views.shape[:2]
-        with rt.autocast():
+        with rt.autocast(evaluation=True):
             logits = module(rt.batch(views.flatten(0, 1))).float()
         probs.append(average_views(logits.view(n, v, -1)).cpu())
         labels.append(y.cpu())

@@ -1,13 +1,12 @@
-"""Prepare a raw image tree once: 256x256 images packed into shards (format: ``packed.py``).
+"""Pack a raw image tree once: 256x256 images in shards (the format: ``packed.py``).
 
-Each image is decoded by its content (CMYK, grayscale, palette, RGBA and PNG files named .JPEG all
-become RGB), its shorter side is resized to 256 (PIL bicubic, antialiased when shrinking), and the
-central 256x256 patch is kept (paper §2). It is stored as JPEG quality 95 with 4:4:4 chroma, or raw.
+Each image is decoded by its content, its shorter side resized to 256 and its central 256x256
+patch kept (paper §2), then stored as JPEG quality 95 with 4:4:4 chroma, or raw (``images.py``).
 Unreadable files are skipped and listed in report.json, never fatal.
 
 Work is cut into units (``units.py``); re-running the same preparation resumes, skipping finished
 units. ``meta.json`` is written last, so an unfinished folder is never taken for a prepared one.
-The command line is ``python -m alexnet.prepare`` (``alexnet/prepare.py``).
+The command line is ``python -m alexnet.prepare``.
 """
 
 from __future__ import annotations
@@ -21,37 +20,38 @@ from tqdm import tqdm
 
 from alexnet import atomic, paper
 from alexnet.data import packed
-from alexnet.data.sources import Plan
-from alexnet.data.units import UNIT_FILE, Settings, Unit, make_units, read_unit, run_unit
+from alexnet.data.images import Storage
+from alexnet.data.sources import Inventory
+from alexnet.data.units import UNIT_FILE, Unit, make_units, read_unit, run_unit
 from alexnet.errors import UserError
 
 
-def prepare(
-    plan: Plan,
+def pack(
+    inventory: Inventory,
     out: Path,
-    settings: Settings | None = None,
+    storage: Storage | None = None,
     workers: int = 1,
     unit_size: int = 2000,
     expect_imagenet: bool = False,
 ) -> dict[str, Any]:
-    """Write the packed data set for ``plan`` into ``out``, resuming finished units.
+    """Write the packed data set for ``inventory`` into ``out``, resuming finished units.
 
     Returns:
         The report (also written to ``out/report.json``).
     """
-    settings = settings or Settings()
-    _check_out(out, plan.root)
-    if not plan.count("train"):
-        raise UserError(f"{plan.root / 'train'} has class folders but no files in them")
+    storage = storage or Storage()
+    _check_out(out, inventory.root)
+    if not inventory.count("train"):
+        raise UserError(f"{inventory.root / 'train'} has class folders but no files in them")
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # unfinished from here until finalize
-    units = make_units(plan, unit_size)
+    units = make_units(inventory, unit_size)
     for split in {unit.split for unit in units}:
         (out / split).mkdir(exist_ok=True)
-    todo = [unit for unit in units if read_unit(out, unit, settings) is None]
+    todo = [unit for unit in units if read_unit(out, unit, storage) is None]
     if len(todo) < len(units):
         print(f"resuming: {len(units) - len(todo)} of {len(units)} units are already done")
-    jobs = [(plan.root, out, u, settings) for u in sorted(todo, key=lambda u: -len(u.items))]
+    jobs = [(inventory.root, out, u, storage) for u in sorted(todo, key=lambda u: -len(u.items))]
     total = sum(len(u.items) for u in todo)
     with tqdm(total=total, unit="img", desc="prepare", disable=None) as bar:
         if workers <= 1 or len(jobs) <= 1:
@@ -61,7 +61,7 @@ def prepare(
             with multiprocessing.Pool(min(workers, len(jobs))) as pool:
                 for done in pool.imap_unordered(run_unit, jobs):
                     bar.update(done)
-    return finalize(out, plan, units, settings, expect_imagenet)
+    return finalize(out, inventory, units, storage, expect_imagenet)
 
 
 def _check_out(out: Path, root: Path) -> None:
@@ -77,21 +77,25 @@ def _check_out(out: Path, root: Path) -> None:
 
 
 def finalize(
-    out: Path, plan: Plan, units: list[Unit], settings: Settings, expect_imagenet: bool = False
+    out: Path,
+    inventory: Inventory,
+    units: list[Unit],
+    storage: Storage,
+    expect_imagenet: bool = False,
 ) -> dict[str, Any]:
     """Write index.npy per split, stats.npz, report.json and, last, meta.json."""
-    s = settings.size
-    report: dict[str, Any] = {"source": str(plan.root), "val_labels": plan.val_source}
-    report["class_names"] = plan.names_source
+    s = storage.size
+    report: dict[str, Any] = {"source": str(inventory.root), "val_labels": inventory.val_source}
+    report["class_names"] = inventory.names_source
     report.update(counts={}, count_check={}, converted=[], skipped=[], warnings=[])
-    report.update(missing_classes={}, unknown_class_files=plan.unknown)
-    report["not_regular_files"] = plan.irregular
+    report.update(missing_classes={}, unknown_class_files=inventory.unknown)
+    report["not_regular_files"] = inventory.irregular
     splits: dict[str, Any] = {}
     mean_sum, rgb_sum, outer, pixels = np.zeros((3, s, s)), np.zeros(3), np.zeros((3, 3)), 0
-    for split in [x for x in ("train", "val") if x in plan.missing]:
+    for split in [x for x in ("train", "val") if x in inventory.missing]:
         rows, shards, skipped = [], [], 0
         for unit in [u for u in units if u.split == split]:
-            rec = read_unit(out, unit, settings, full=True)
+            rec = read_unit(out, unit, storage, full=True)
             if rec is None:
                 raise RuntimeError(f"unit {unit.stem} is incomplete after preparation")
             report["converted"] += rec["converted"]
@@ -109,36 +113,38 @@ def finalize(
                 rgb_sum, outer = rgb_sum + rec["rgb_sum"], outer + rec["outer_sum"]
                 pixels += int(rec["pixel_count"])
         index = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 4), np.int64)
-        if plan.count(split):
+        if inventory.count(split):
             atomic.save_npy(out / split / "index.npy", index)
             splits[split] = {"count": len(index), "shards": shards}
         present = set(index[:, 3].tolist())
-        missing = [c for i, c in enumerate(plan.classes) if i not in present]
+        missing = [c for i, c in enumerate(inventory.classes) if i not in present]
         report["missing_classes"][split] = missing
         report["counts"][split] = len(index)
-        planned = plan.count(split)
+        planned = inventory.count(split)
         check = {"planned": planned, "stored": len(index), "skipped": skipped}
         report["count_check"][split] = {**check, "ok": planned == len(index) + skipped}
     if not pixels:
-        raise UserError(f"none of the training images in {plan.root / 'train'} could be decoded")
+        train = inventory.root / "train"
+        raise UserError(f"none of the training images in {train} could be decoded")
     cov = (outer - np.outer(rgb_sum, rgb_sum) / pixels) / (pixels - 1)  # as np.cov (ddof=1)
     stats = packed.save_stats(out, mean_sum / (pixels // (s * s)), cov, pixels)
     report["stats"] = {"mean_rgb": stats.mean.mean((1, 2)).tolist()}
     report["stats"]["eigval"] = stats.eigval.tolist()
-    report["imagenet_check"] = imagenet_problems(plan.classes, report) if expect_imagenet else None
+    problems = imagenet_problems(inventory.classes, report) if expect_imagenet else None
+    report["imagenet_check"] = problems
     _remove_stale(out, units)
     atomic.write_json(out / "report.json", report)
-    meta = {"format": packed.FORMAT, "version": packed.VERSION, "encoding": settings.encoding}
-    meta.update(image_size=s, classes=plan.classes, splits=splits)
-    meta["class_names"] = plan.class_names or plan.classes  # in words (sources.py)
-    meta["jpeg_quality"] = settings.quality if settings.encoding == "jpeg" else None
-    meta["resize"] = settings.resize  # shorter_side (§2) or warp (Caffe)
+    meta = {"format": packed.FORMAT, "version": packed.VERSION, "encoding": storage.encoding}
+    meta.update(image_size=s, classes=inventory.classes, splits=splits)
+    meta["class_names"] = inventory.class_names or inventory.classes  # in words (sources.py)
+    meta["jpeg_quality"] = storage.quality if storage.encoding == "jpeg" else None
+    meta["resize"] = storage.resize  # shorter_side (§2) or warp (Caffe)
     atomic.write_json(out / "meta.json", meta)
     return report
 
 
 def _remove_stale(out: Path, units: list[Unit]) -> None:
-    """Delete leftover temporary files and units that the current plan does not have."""
+    """Delete leftover temporary files and units that the current inventory does not have."""
     keep = {f"{u.stem}{ext}" for u in units for ext in (".bin", ".npz")}
     for split in ("train", "val"):
         for path in (out / split).glob("*") if (out / split).is_dir() else []:

@@ -42,7 +42,7 @@ class Timing:
         return out
 
 
-class TrainPlan:
+class TrainOrder:
     """Which images and which augmentation a rank gets at each step (picklable, no I/O)."""
 
     def __init__(
@@ -61,7 +61,7 @@ class TrainPlan:
         self.draw = draw  # keyword arguments of transforms.draw_params
         self._order: tuple[int, torch.Tensor] | None = None
 
-    def order(self, epoch: int) -> torch.Tensor:
+    def permutation(self, epoch: int) -> torch.Tensor:
         """The epoch's order: a permutation, continued by further ones if steps need more."""
         if self._order is None or self._order[0] != epoch:
             need, n = self.steps * self.batch_size, self.num_images
@@ -75,7 +75,7 @@ class TrainPlan:
     def indices(self, epoch: int, step: int) -> torch.Tensor:
         """This rank's image indices at global ``step``."""
         start = step * self.batch_size
-        return self.order(epoch)[start + self.lo : start + self.hi]
+        return self.permutation(epoch)[start + self.lo : start + self.hi]
 
     def params(self, epoch: int, step: int) -> T.AugmentParams:
         """This rank's rows of the step's augmentation (drawn for the whole global batch)."""
@@ -99,11 +99,11 @@ class StepKeys(Sampler):
 class TrainSteps(Dataset):
     """Item (epoch, step) -> uint8 crops, labels and augmentation of one rank's batch."""
 
-    def __init__(self, split: PackedSplit, plan: TrainPlan, size: int) -> None:
-        self.split, self.plan, self.size = split, plan, size
+    def __init__(self, split: PackedSplit, order: TrainOrder, size: int) -> None:
+        self.split, self.order, self.size = split, order, size
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, ...]:
-        idx, p = self.plan.indices(*key), self.plan.params(*key)
+        idx, p = self.order.indices(*key), self.order.params(*key)
         images = [self.split.image(i) for i in idx.tolist()]
         crops = T.crop_flip(images, p.top, p.left, p.flip, self.size, p.height, p.width)
         return crops, self.split.labels[idx], *p.astuple()

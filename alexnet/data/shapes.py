@@ -14,7 +14,7 @@ central crop matter. The layout is the real one, including its awkward parts::
 Three training files are deliberately odd but valid: a grayscale JPEG, a CMYK JPEG and a PNG
 named .JPEG. The same seed gives the same bytes. The set is written into a temporary folder
 beside ``OUT`` and renamed into place when complete, so an interrupted run leaves no half set.
-The command line is ``python -m alexnet.synthetic`` (``alexnet/synthetic.py``).
+The command line is ``python -m alexnet.synthetic``.
 """
 
 from __future__ import annotations
@@ -165,14 +165,14 @@ def _write(job: tuple[list[int], str, Path, str | None]) -> None:
         image.save(path, "JPEG", quality=90)
 
 
-def make_synthetic(
+def draw_shape_set(
     out: Path,
     num_classes: int = 10,
-    train_per_class: int = 100,
+    train_per_class: int = 300,
     val_per_class: int = 20,
     seed: int = 0,
 ) -> Path:
-    """Write the synthetic data set into ``out`` (see the module docstring) and return ``out``.
+    """Draw the shape set into ``out`` (see the module docstring) and return ``out``.
 
     An ``out`` that already holds the set with the same parameters is kept as it is; one that
     holds a synthetic set with other parameters is replaced.
