@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from alexnet.config import ModelConfig, OptimConfig
 from alexnet.model import AlexNet, build_model
 from alexnet.model.towers import TwoDeviceAlexNet, merge_towers, split_canonical
-from alexnet.optim import build_optimizer
+from alexnet.training.optim import build_optimizer
 
 from conftest import image_batch, model_cfg
 
@@ -216,7 +216,7 @@ def test_towers_across_cuda_and_cpu(pair: tuple[AlexNet, TwoDeviceAlexNet], no_t
 
 @pytest.mark.two_gpus
 def test_towers_on_two_gpus(pair: tuple[AlexNet, TwoDeviceAlexNet], no_tf32: None) -> None:
-    single = pair[0].eval()
+    single = copy.deepcopy(pair[0]).eval()  # the module-scoped fixture stays as it was
     towers = TwoDeviceAlexNet.from_model(single, ("cuda:0", "cuda:1")).double().eval()
     assert towers.conv2b.weight.device == torch.device("cuda:1")
     assert towers.fc8.weight.device == torch.device("cuda:0")
