@@ -22,8 +22,11 @@ export THP_MEM_ALLOC_ENABLE ?= 1
 .PHONY: help venv lint format test test-gpu demo demo-data prepare train train-2gpu train-ddp eval \
 	figures tensorboard bench bench-data bench-train clean scene15-data finetune predict export
 
-help:  ## list the targets
+help:  ## list the targets, and where the code lives
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "code: alexnet/{config,model,data} (the net, the data) <- alexnet/{training,inference}"
+	@echo "      <- alexnet/{figures,bench}; commands: python -m alexnet.<train|finetune|eval|"
+	@echo "      prepare|synthetic|predict|features|export|figures|bench|model> --help (README: Layout)"
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
