@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,7 +52,8 @@ def write_packed(root: Path, splits: dict[str, Records], encoding: str) -> Path:
                     else:
                         data = encode_jpeg(image, quality=95)
                     f.write(data.numpy().tobytes())
-                    rows.append((len(shards) - 1, offset, data.numel(), label))
+                    crc = zlib.crc32(data.numpy().tobytes())
+                    rows.append((len(shards) - 1, offset, data.numel(), label, crc))
                     offset += data.numel()
         np.save(root / name / "index.npy", np.array(rows, dtype=np.int64))
         meta["splits"][name] = {"count": len(records), "shards": shards}
@@ -64,7 +66,7 @@ def write_packed(root: Path, splits: dict[str, Records], encoding: str) -> Path:
 
 def _read_raw(root: Path, split: str, i: int) -> torch.Tensor:
     """Record i straight from index.npy and its shard file (HWC bytes -> CHW)."""
-    shard, offset, length, _ = np.load(root / split / "index.npy")[i]
+    shard, offset, length = np.load(root / split / "index.npy")[i, :3]
     path = root / packed.read_meta(root)["splits"][split]["shards"][shard]
     data = np.fromfile(path, np.uint8, length, offset=offset)
     return torch.from_numpy(data.reshape(S, S, 3).transpose(2, 0, 1).copy())

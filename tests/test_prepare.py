@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -163,11 +164,32 @@ def test_index_records_tile_each_shard_exactly(prepared: Path) -> None:
     meta = packed.read_meta(prepared)
     for split, entry in meta["splits"].items():
         index = np.load(prepared / split / "index.npy")
-        assert index.dtype == np.int64 and index.shape == (entry["count"], 4)
+        assert index.dtype == np.int64 and index.shape == (entry["count"], 5)
         for k, shard in enumerate(entry["shards"]):
             rows = index[index[:, 0] == k]
             assert len(rows) and (rows[:, 1] == np.cumsum(rows[:, 2]) - rows[:, 2]).all()
-            assert rows[:, 2].sum() == (prepared / shard).stat().st_size
+            data = (prepared / shard).read_bytes()
+            assert rows[:, 2].sum() == len(data)
+            # the last column is each record's CRC-32, computed here from the shard's bytes
+            crcs = [zlib.crc32(data[o : o + n]) for o, n in rows[:, 1:3].tolist()]
+            assert rows[:, 4].tolist() == crcs
+
+
+def test_sets_prepared_before_checksums_still_load(prepared: Path, tmp_path: Path) -> None:
+    """A version-1 folder (four index columns, no checksum) reads as before, unchecked."""
+    old = tmp_path / "v1"
+    shutil.copytree(prepared, old)
+    meta = json.loads((old / "meta.json").read_text())
+    (old / "meta.json").write_text(json.dumps({**meta, "version": 1}))
+    for split in meta["splits"]:
+        np.save(old / split / "index.npy", np.load(old / split / "index.npy")[:, :4])
+    before, now = packed.PackedSplit(old, "train"), packed.PackedSplit(prepared, "train")
+    assert not before.has_checksums and before.checksum(0) is None
+    assert now.has_checksums and now.checksum(0) == zlib.crc32(now.raw(0).numpy().tobytes())
+    assert torch.equal(before.image(3), now.image(3))
+    (old / "meta.json").write_text(json.dumps({**meta, "version": 3}))
+    with pytest.raises(UserError, match="version 3"):
+        packed.PackedSplit(old, "train")
 
 
 def _flat_val_source(root: Path, meta: Path, n: int = 12) -> tuple[Path, list[str], str]:

@@ -12,6 +12,7 @@ import itertools
 import os
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -131,7 +132,8 @@ def write_sample(
             else:
                 data = encode_jpeg(src.image(i), quality=95)
             f.write(data.numpy().tobytes())
-            rows.append((0, offset, data.numel(), int(src.labels[i])))
+            crc = zlib.crc32(data.numpy().tobytes())
+            rows.append((0, offset, data.numel(), int(src.labels[i]), crc))
             offset += data.numel()
     np.save(dest / "train" / "index.npy", np.array(rows, dtype=np.int64))
     splits = {"train": {"count": len(rows), "shards": ["train/000.bin"]}}

@@ -106,13 +106,15 @@ def finalize(
             if n:
                 offsets = np.cumsum(rec["length"]) - rec["length"]
                 shard = np.full(n, len(shards))
-                rows.append(np.stack([shard, offsets, rec["length"], rec["label"]], 1))
+                columns = [shard, offsets, rec["length"], rec["label"], rec["crc32"]]
+                rows.append(np.stack(columns, 1))
                 shards.append(f"{unit.stem}.bin")
             if split == "train" and n:
                 mean_sum += rec["pixel_sum"]
                 rgb_sum, outer = rgb_sum + rec["rgb_sum"], outer + rec["outer_sum"]
                 pixels += int(rec["pixel_count"])
-        index = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 4), np.int64)
+        width = packed.INDEX_COLUMNS[packed.VERSION]
+        index = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, width), np.int64)
         if inventory.count(split):
             atomic.save_npy(out / split / "index.npy", index)
             splits[split] = {"count": len(index), "shards": shards}

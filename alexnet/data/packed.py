@@ -2,11 +2,13 @@
 
 Layout of a prepared folder (written by ``alexnet.prepare``, read by the loaders)::
 
-    meta.json            {"format": "alexnet-packed", "version": 1, "encoding": "jpeg" | "raw",
+    meta.json            {"format": "alexnet-packed", "version": 2, "encoding": "jpeg" | "raw",
                           "image_size": 256, "classes": [wnid, ...],
                           "class_names": [words, ...] (optional: older sets lack it),
                           "splits": {"train": {"count": N, "shards": ["train/x.bin", ...]}, ...}}
-    <split>/index.npy    int64 (N, 4): shard number, byte offset, byte length, label
+    <split>/index.npy    int64 (N, 5): shard number, byte offset, byte length, label, and the
+                         CRC-32 (zlib's) of the record's bytes; version 1 sets have no checksum
+                         column and still load, unchecked
     <split>/*.bin        shards: concatenated JPEG files (encoding jpeg, RGB, 4:4:4) or raw
                          256x256x3 uint8 HWC images (encoding raw)
     stats.npz            the training split's per-pixel mean image and RGB covariance (0-255)
@@ -31,8 +33,9 @@ from alexnet import atomic
 from alexnet.errors import UserError
 
 FORMAT = "alexnet-packed"
-VERSION = 1
-INDEX_COLUMNS = 4  # shard, offset, length, label
+VERSION = 2  # what prepare writes; 2 added a checksum to every record
+INDEX_COLUMNS = {1: 4, 2: 5}  # version -> shard, offset, length, label[, crc32]
+CRC_COLUMN = 4
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,12 @@ def read_meta(root: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text())
     except (OSError, ValueError) as err:
         raise UserError(f"{path} is unreadable: {err}") from None
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{path}: not an {FORMAT} data set (found {meta.get('format')!r})")
+    if meta.get("version") not in INDEX_COLUMNS:
         raise UserError(
-            f"{path}: not an {FORMAT} v{VERSION} data set (found {meta.get('format')!r})"
+            f"{path}: {FORMAT} version {meta.get('version')!r}, which this alexnet does not "
+            f"read (it reads {', '.join(map(str, INDEX_COLUMNS))}); prepare the data again"
         )
     return meta
 
@@ -117,8 +123,9 @@ class PackedSplit:
         self.image_size: int = int(meta["image_size"])
         self.resize: str = meta.get("resize", "shorter_side")  # or warp (Caffe); older: §2
         self.shard_paths = [self.root / s for s in meta["splits"][split]["shards"]]
+        self.version: int = meta["version"]
         self.index = np.load(self.root / split / "index.npy")
-        if self.index.shape != (meta["splits"][split]["count"], INDEX_COLUMNS):
+        if self.index.shape != (meta["splits"][split]["count"], INDEX_COLUMNS[self.version]):
             raise UserError(
                 f"{self.root / split / 'index.npy'} does not match meta.json; re-run prepare"
             )
@@ -133,9 +140,18 @@ class PackedSplit:
         state["_maps"] = {}
         return state
 
+    @property
+    def has_checksums(self) -> bool:
+        """Whether the index holds a CRC-32 of every record (sets prepared since version 2)."""
+        return self.version >= 2
+
+    def checksum(self, i: int) -> int | None:
+        """The CRC-32 (``zlib.crc32``) that record ``i``'s bytes had when prepared, or None."""
+        return int(self.index[i, CRC_COLUMN]) if self.has_checksums else None
+
     def raw(self, i: int) -> torch.Tensor:
         """The stored bytes of record ``i`` as a 1-D uint8 tensor (shares the mapped memory)."""
-        shard, offset, length, _ = self.index[i]
+        shard, offset, length = self.index[i, :3]
         if shard not in self._maps:  # lazily: ImageNet has ~2000 shards, most unused per worker
             # copy-on-write ("c"): views are writable for torch, the file itself is never modified
             self._maps[shard] = np.memmap(self.shard_paths[shard], dtype=np.uint8, mode="c")

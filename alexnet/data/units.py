@@ -1,9 +1,10 @@
 """Units of preparation: one chunk of one class of one split, decoded, resized and packed.
 
 A unit is written as ``<split>/<label>-<chunk>.bin`` (the stored images, concatenated) and
-``<split>/<label>-<chunk>.npz`` (their lengths, names, labels, what was converted or skipped and,
-for training units, exact pixel sums for the mean image and the RGB covariance). Both are written
-atomically, the ``.npz`` last: a unit counts as finished when its ``.npz`` matches this plan.
+``<split>/<label>-<chunk>.npz`` (their lengths, CRC-32s, names, labels, what was converted or
+skipped and, for training units, exact pixel sums for the mean image and the RGB covariance).
+Both are written atomically, the ``.npz`` last: a unit counts as finished when its ``.npz``
+matches this inventory.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,7 +76,7 @@ def run_unit(job: tuple[Path, Path, Unit, Storage]) -> int:
     bin_path, npz_path = out / f"{unit.stem}.bin", out / f"{unit.stem}.npz"
     npz_path.unlink(missing_ok=True)  # from here on the unit counts as unfinished
     s = storage.size
-    lengths, names, converted, skipped, notes = [], [], [], [], []
+    lengths, crcs, names, converted, skipped, notes = [], [], [], [], [], []
     pixel_sum, rgb_sum, outer = np.zeros((s, s, 3)), np.zeros(3), np.zeros((3, 3))
     with atomic.atomic_open(bin_path) as f:
         for item in unit.items:
@@ -86,6 +88,7 @@ def run_unit(job: tuple[Path, Path, Unit, Storage]) -> int:
             data, pixels = encode(resize_stored(image, storage), storage)
             f.write(data)
             lengths.append(len(data))
+            crcs.append(zlib.crc32(data))  # checked as the loaders read the record
             names.append(item.name)
             converted += [{"file": item.name, "was": was}] if was else []
             notes += [{"file": item.name, "warning": w} for w in caught]
@@ -97,6 +100,7 @@ def run_unit(job: tuple[Path, Path, Unit, Storage]) -> int:
     info = {"signature": unit.signature(storage), "converted": converted, "skipped": skipped}
     info["warnings"] = notes
     arrays: dict[str, Any] = {"length": np.array(lengths, np.int64), "name": np.array(names, str)}
+    arrays["crc32"] = np.array(crcs, np.int64)
     arrays["label"] = np.full(len(lengths), unit.label, np.int64)
     arrays["info"] = np.array(json.dumps(info))
     if unit.split == "train":
