@@ -15,9 +15,15 @@ Two ways to make a batch (``data.loader``), with identical results for the same 
 - ``cpu``: DataLoader worker processes decode the JPEGs one by one and cut the uint8 crops;
   the main process copies them to the device (pinned, non-blocking) and finishes them there
   (mean, lighting) with ``alexnet.data.normalize.finish``.
-- ``gpu``: the main process reads a step's encoded bytes (a thread reads ahead) and decodes
-  them in ONE batched ``torchvision.io.decode_jpeg(..., device=device)`` call, then crops and
-  finishes on the device. With ``device="cpu"`` the same code decodes on the CPU.
+- ``gpu``: a thread reads a step's encoded bytes ahead, and another decodes them in ONE
+  batched ``torchvision.io.decode_jpeg(..., device=device)`` call, crops and finishes them on
+  the device, ``MADE_AHEAD`` steps ahead of the training step, on a CUDA stream of its own
+  (``ahead.py``). With ``device="cpu"`` the same code decodes on the CPU.
+
+Evaluation always decodes with the CPU decoder (worker processes), whatever ``data.loader``
+says, so that reported errors do not depend on the machine: nvJPEG's pixels differ from
+libjpeg-turbo's by a level or two (the JPEG standard leaves the IDCT and the chroma upsampling to
+each decoder), which is noise to training but not what a reported figure should rest on.
 
 Both count the images delivered and the seconds the consumer waited (``pop_timing``); what
 they share lives in ``loader_base.py``.
@@ -32,6 +38,7 @@ import torch
 from alexnet.config import AugmentConfig, DataConfig, ModelConfig, TrainConfig, input_size
 from alexnet.data import normalize as N
 from alexnet.data import transforms as T
+from alexnet.data.ahead import made_ahead
 from alexnet.data.loader_base import Batch, LoaderBase
 from alexnet.data.packed import PackedSplit, Stats
 from alexnet.data.sampling import EvalBatches, TrainOrder, TrainSteps
@@ -39,6 +46,7 @@ from alexnet.errors import UserError
 from alexnet.runtime import Placement
 
 __all__ = ["Batch", "EvalLoader", "TrainLoader"]
+MADE_AHEAD = 2  # batches the gpu path decodes and finishes ahead of the step
 
 
 class TrainLoader(LoaderBase):
@@ -120,10 +128,14 @@ class TrainLoader(LoaderBase):
             idx = self.order.indices(epoch, step).tolist()
             return *self._read(idx), self.order.params(epoch, step)
 
-        for data, labels, p in self._read_ahead(list(steps), read):
+        def make(bytes_and_params: tuple) -> Batch:
+            data, labels, p = bytes_and_params
             images = self._decode(data)
             crops = T.crop_flip(images, p.top, p.left, p.flip, self.size, p.height, p.width)
-            yield N.finish(crops, p, self.norm), self._to_device(labels)
+            return N.finish(crops, p, self.norm), self._to_device(labels)
+
+        read_bytes = self._read_ahead(list(steps), read)
+        return made_ahead(read_bytes, make, self.device, depth=MADE_AHEAD)
 
 
 class EvalLoader(LoaderBase):
@@ -161,12 +173,11 @@ class EvalLoader(LoaderBase):
         return len(self.batches)
 
     def __iter__(self) -> Iterator[Batch]:
-        if self.cfg.loader == "gpu":
-            read = self._read_ahead(self.batches, lambda r: self._read(list(r)))
-            source = ((self._decode(data), labels) for data, labels in read)
-        else:
-            items = self._worker_items(list(range(len(self.batches))))
-            source = ((self._to_device(x), y) for x, y in items)
+        # Always the CPU decoder (libjpeg-turbo, as PIL and torchvision on the CPU), whatever
+        # data.loader says: reported errors then do not depend on the loader or the GPU, and
+        # evaluation's decoding is cheap beside its ten forward passes per image.
+        items = self._worker_items(list(range(len(self.batches))))
+        source = ((self._to_device(x), y) for x, y in items)
         return self._timed(self._finish(images, labels) for images, labels in source)
 
     def _finish(self, images: torch.Tensor | list[torch.Tensor], labels: torch.Tensor) -> Batch:
