@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from alexnet import paper
 from alexnet.config import ALL_LAYERS, LAYERS, InitConfig, LRNConfig, ModelConfig
 from alexnet.model.layers import PaperDropout, PaperLRN
+from alexnet.model.tower_conv import TowerConv2d
 from alexnet.model.variants import SameMapNorm
 
 # Conv widths per arch. one_tower: §3.2 footnote 2, half the kernels except in conv5.
@@ -71,6 +72,13 @@ def build_conv1_padding(geometry: str) -> nn.Module:
     return nn.ZeroPad2d(pads[geometry]) if pads[geometry] else nn.Identity()
 
 
+def build_conv(c_in: int, c_out: int, kernel: int, padding: int, groups: int) -> nn.Conv2d:
+    """A stride-1 conv; a tower-local one (``groups`` > 1) can run in any of
+    ``tower_conv.FORMS`` with the same grouped parameter."""
+    conv = TowerConv2d if groups > 1 else nn.Conv2d
+    return conv(c_in, c_out, kernel, padding=padding, groups=groups)
+
+
 def build_pool(kind: str) -> nn.MaxPool2d:
     """Overlapping 3/2 max-pooling (§3.4) or the non-overlapping 2/2 it is compared with."""
     size = paper.POOL_SIZE if kind == "overlapping" else paper.POOL_SIZE_NON_OVERLAPPING
@@ -113,17 +121,17 @@ class AlexNet(nn.Module):
         relu1, relu2 = fused_relu(cfg)
         self.lrn1 = build_lrn(cfg.lrn, lrn_groups, relu1)
         self.pool1 = build_pool(cfg.pooling)
-        self.conv2 = nn.Conv2d(w1, w2, k2, padding=p2, groups=g["conv2"])
+        self.conv2 = build_conv(w1, w2, k2, p2, g["conv2"])
         self.lrn2 = build_lrn(cfg.lrn, lrn_groups, relu2)
         if cfg.lrn.same_map_norm:  # cuda-convnet2's cnorm2 after LRN2 (not in the paper)
             self.norm2 = SameMapNorm()
         self.pool2 = build_pool(cfg.pooling)
-        self.conv3 = nn.Conv2d(w2, w3, k3, padding=p3, groups=g["conv3"])
-        self.conv4 = nn.Conv2d(w3, w4, k4, padding=p4, groups=g["conv4"])
-        self.conv5 = nn.Conv2d(w4, w5, k5, padding=p5, groups=g["conv5"])
+        self.conv3 = build_conv(w2, w3, k3, p3, g["conv3"])
+        self.conv4 = build_conv(w3, w4, k4, p4, g["conv4"])
+        self.conv5 = build_conv(w4, w5, k5, p5, g["conv5"])
         self.pool5 = build_pool(cfg.pooling)
         if cfg.extra_conv6:  # §6 "1 CNN*": a conv layer over pool5; its shape is our choice
-            self.conv6 = nn.Conv2d(w5, w5, k5, padding=p5, groups=g["conv5"])
+            self.conv6 = build_conv(w5, w5, k5, p5, g["conv5"])
         self.fc6 = nn.Linear(w5 * POOL5_SIDE**2, paper.FC_WIDTHS[0])
         self.fc7 = nn.Linear(paper.FC_WIDTHS[0], paper.FC_WIDTHS[1])
         self.fc8 = nn.Linear(paper.FC_WIDTHS[1], cfg.num_classes)
