@@ -104,6 +104,39 @@ def relu_then_lrn(lrn: nn.Module, act: nn.Module, x: Tensor) -> Tensor:
     return lrn(x) if getattr(lrn, "relu", False) else lrn(act(x))
 
 
+def lrn_act_pool(
+    lrn: nn.Module, act: nn.Module, pool: nn.Module, x: Tensor, act_first: bool
+) -> Tensor:
+    """``pool(lrn(act(x)))`` (§3.3, ``act_first``) or ``pool(act(lrn(x)))`` (the CC2 configs'
+    conv1); the paper's ReLU, LRN and overlapping pool run as one op, ``alexnet::lrn_pool``."""
+    relu = _fused_relu(lrn, act, pool, act_first)
+    if relu is not None:
+        return lrn.pooled(x, relu, paper.POOL_SIZE, paper.POOL_STRIDE)
+    return pool(relu_then_lrn(lrn, act, x) if act_first else act(lrn(x)))
+
+
+def _fused_relu(lrn: nn.Module, act: nn.Module, pool: nn.Module, act_first: bool) -> str | None:
+    """``lrn_pool``'s ``relu`` for these layers, or None where they run one by one: another
+    activation, LRN or pooling, ``torch.export`` (plain ATen ops: ``alexnet.export``), or a hook
+    on one of the layers, which asks to see that layer's own output (``summary.py``)."""
+    fusable = isinstance(lrn, PaperLRN) and isinstance(act, nn.ReLU) and _overlapping(pool)
+    if not fusable or lrn.relu != act_first or torch.compiler.is_exporting():
+        return None
+    watched = (lrn, pool) if act_first else (lrn, act, pool)
+    if any(m._forward_hooks or m._forward_pre_hooks for m in watched):
+        return None
+    return "input" if act_first else "output"
+
+
+def _overlapping(pool: nn.Module) -> bool:
+    """Whether ``pool`` is ``build_pool("overlapping")``'s 3x3 stride-2 max-pool."""
+    if not isinstance(pool, nn.MaxPool2d) or pool.ceil_mode or pool.return_indices:
+        return False
+    settings = (pool.kernel_size, pool.stride, pool.padding, pool.dilation)
+    pairs = [s if isinstance(s, tuple) else (s, s) for s in settings]
+    return pairs == [(paper.POOL_SIZE,) * 2, (paper.POOL_STRIDE,) * 2, (0, 0), (1, 1)]
+
+
 class AlexNet(nn.Module):
     """The network of §3.5 from a ``ModelConfig``. Input: (N, 3, S, S), mean-subtracted 0-255."""
 
@@ -151,12 +184,13 @@ class AlexNet(nn.Module):
         if layer not in FEATURE_LAYERS:
             raise ValueError(f"layer must be one of {', '.join(FEATURE_LAYERS)}, got {layer!r}")
         x = self.conv1(self.pad1(x))  # (N, 96, 55, 55)
-        if self.cfg.lrn.conv1_position == "after_relu":  # §3.3; before_relu: the CC2 cfgs
-            x = self.pool1(relu_then_lrn(self.lrn1, self.act, x))  # (N, 96, 27, 27)
+        act_first = self.cfg.lrn.conv1_position == "after_relu"  # §3.3; before: the CC2 cfgs
+        x = lrn_act_pool(self.lrn1, self.act, self.pool1, x, act_first)  # (N, 96, 27, 27)
+        x = self.conv2(x)  # (N, 256, 27, 27)
+        if self.cfg.lrn.same_map_norm:  # cuda-convnet2's cnorm2 between LRN2 and pool2
+            x = self.pool2(self.norm2(relu_then_lrn(self.lrn2, self.act, x)))
         else:
-            x = self.pool1(self.act(self.lrn1(x)))
-        x = relu_then_lrn(self.lrn2, self.act, self.conv2(x))  # (N, 256, 27, 27)
-        x = self.pool2(self.norm2(x) if self.cfg.lrn.same_map_norm else x)  # (N, 256, 13, 13)
+            x = lrn_act_pool(self.lrn2, self.act, self.pool2, x, act_first=True)  # (N, 256, 13, 13)
         x = self.act(self.conv3(x))  # (N, 384, 13, 13)
         x = self.act(self.conv4(x))  # (N, 384, 13, 13)
         x = self.pool5(self.act(self.conv5(x)))  # (N, 256, 6, 6)
