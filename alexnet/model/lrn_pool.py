@@ -13,12 +13,14 @@ composition it replaces: ``lrn_portable``'s LRN, then ``max_pool2d_with_indices`
 backwards. Both paths break ties as torch's max-pool does (the first maximum in row-major
 window order), so they send gradients to the same positions.
 
-Saved for the backward: x and the argmax as int8 window offsets (``dh * kernel + dw``), of the
-pooled size. Recomputing the argmax instead would need, for each of the up to four windows a
-position lies in, all nine LRN values of that window; the int8 tensor costs two bytes per pooled
-element (~7 % over the traffic floor of LRN1 in bf16) and makes the backward a gather. Half-
-precision inputs are computed in float32, and pooled in their own dtype (the LRN output is
-rounded before the comparison, as the composition does); channels_last stays channels_last.
+Saved for the backward: x and the pool's argmax, in each path's own encoding. The kernels keep
+int8 window offsets (``dh * pool + dw``) of the pooled size: recomputing the argmax instead would
+need, for each of the up to four windows a position lies in, all nine LRN values of that window;
+the int8 tensor costs two bytes per pooled element (~7 % over the traffic floor of LRN1 in bf16)
+and makes the backward a gather. The portable path keeps ``max_pool2d``'s own int64 indices, as
+the composition always did (a conversion would cost the CPU time for nothing). Half-precision
+inputs are computed in float32 and pooled in their own dtype (the LRN output is rounded before
+the comparison, as the composition does); channels_last stays channels_last.
 """
 
 from __future__ import annotations
@@ -85,24 +87,17 @@ def pooled_shape(x: Tensor, pool: int, stride: int) -> tuple[int, ...]:
 
 
 def portable_forward(x: Tensor, p: LRNPoolParams) -> tuple[Tensor, Tensor]:
-    """The composition: the portable LRN, the ReLU after it if asked, ``max_pool2d``."""
+    """The composition: the portable LRN, the ReLU after it if asked, ``max_pool2d`` (its
+    int64 indices, ``h * W + w`` in each map, are the argmax)."""
     y = lrn_portable.portable_forward(x, p.lrn())
     if p.relu == "output":
         y = y.clamp_min_(0)
-    pooled, index = torch.ops.aten.max_pool2d_with_indices(y, [p.pool] * 2, [p.stride] * 2)
-    corner = _window_corners(x, p)  # torch's index: h * W + w; ours: the offset in the window
-    delta = index - corner
-    rows = torch.div(delta, x.shape[-1], rounding_mode="floor")
-    offset = torch.empty_like(pooled, dtype=torch.int8)
-    return pooled, offset.copy_(delta.sub_(rows.mul_(x.shape[-1] - p.pool)))
+    return torch.ops.aten.max_pool2d_with_indices(y, [p.pool] * 2, [p.stride] * 2)
 
 
-def portable_backward(grad: Tensor, x: Tensor, argmax: Tensor, p: LRNPoolParams) -> Tensor:
+def portable_backward(grad: Tensor, x: Tensor, index: Tensor, p: LRNPoolParams) -> Tensor:
     """The composition's gradient: ``max_pool2d``'s backward (in float32 at least), the ReLU's
     if after the LRN, then the portable LRN's closed form."""
-    offset = argmax.long()
-    rows = torch.div(offset, p.pool, rounding_mode="floor")
-    index = offset.add_(rows.mul_(x.shape[-1] - p.pool)).add_(_window_corners(x, p))
     compute = torch.promote_types(x.dtype, torch.float32)
     like = torch.empty_like(x, dtype=compute)  # max-pool's backward reads only its shape
     g = torch.ops.aten.max_pool2d_with_indices_backward(
@@ -111,13 +106,6 @@ def portable_backward(grad: Tensor, x: Tensor, argmax: Tensor, p: LRNPoolParams)
     if p.relu == "output":  # relu(lrn(x)) > 0 exactly where x > 0
         g = torch.where(x > 0, g, 0.0)
     return lrn_portable.portable_backward(g, x, p.lrn())
-
-
-def _window_corners(x: Tensor, p: LRNPoolParams) -> Tensor:
-    """(Ho, Wo): the flat index ``h * W + w`` of each window's first element."""
-    _, _, ho, wo = pooled_shape(x, p.pool, p.stride)
-    rows = torch.arange(ho, device=x.device) * (p.stride * x.shape[-1])
-    return rows[:, None] + torch.arange(wo, device=x.device) * p.stride
 
 
 # --- the ops -------------------------------------------------------------------------------------
@@ -154,7 +142,8 @@ def _(
 ) -> tuple[Tensor, Tensor]:
     shape, fmt = pooled_shape(x, pool, stride), memory_format(x)
     y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-    return y, torch.empty(shape, dtype=torch.int8, device=x.device, memory_format=fmt)
+    index = torch.int8 if _triton(x, groups) else torch.int64  # offsets, or max_pool2d's
+    return y, torch.empty(shape, dtype=index, device=x.device, memory_format=fmt)
 
 
 @torch.library.custom_op("alexnet::lrn_pool_backward", mutates_args=())
