@@ -99,7 +99,9 @@ def portable_backward(grad: Tensor, x: Tensor, index: Tensor, p: LRNPoolParams) 
     """The composition's gradient: ``max_pool2d``'s backward (in float32 at least), the ReLU's
     if after the LRN, then the portable LRN's closed form."""
     compute = torch.promote_types(x.dtype, torch.float32)
-    like = torch.empty_like(x, dtype=compute)  # max-pool's backward reads only its shape
+    # max-pool's backward reads only its input's shape, layout and dtype (a new one would cost
+    # the CPU a zeroed allocation's page faults)
+    like = x if x.dtype == compute else torch.empty_like(x, dtype=compute)
     g = torch.ops.aten.max_pool2d_with_indices_backward(
         grad.to(compute), like, [p.pool] * 2, [p.stride] * 2, [0, 0], [1, 1], False, index
     )
@@ -186,11 +188,14 @@ def _(
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:  # noqa: ANN001
     ctx.save_for_backward(inputs[0], output[1])
+    ctx.set_materialize_grads(False)  # no zero-filled gradient for the argmax
     ctx.params = inputs[1:]
 
 
-def _backward(ctx, grad: Tensor, _: Tensor) -> tuple:  # noqa: ANN001
+def _backward(ctx, grad: Tensor | None, _: Tensor | None) -> tuple:  # noqa: ANN001
     x, argmax = ctx.saved_tensors
+    if grad is None:  # the pooled maps did not reach the loss
+        return (None,) * (1 + len(ctx.params))
     return (_lrn_pool_backward_op(grad, x, argmax, *ctx.params), *[None] * len(ctx.params))
 
 
