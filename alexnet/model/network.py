@@ -9,6 +9,9 @@ torchvision) is a named ``ModelConfig`` option; see ``faithful-spec.md`` section
 
 The paper's LRN and dropout live in ``layers.py``, the two-device form in ``towers.py``, and
 ``python -m alexnet.model [--config FILE] [--set KEY=VALUE ...]`` prints the layer table.
+Two speed forms compute the same maths: the tower-local convs can run as one dense conv with a
+block-diagonal weight or as one conv per tower (``tower_conv.py``, ``runtime.tower_conv``), and
+ReLU, LRN and the overlapping pool after conv1 and conv2 run as one op (``lrn_pool.py``).
 """
 
 from __future__ import annotations
