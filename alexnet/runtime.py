@@ -45,6 +45,7 @@ class Runtime:
     compile: bool = False
     compile_mode: str = "default"  # torch.compile's mode (reduce-overhead: CUDA graphs)
     eval_dtype: torch.dtype | None = None  # evaluation's autocast dtype; None = full fp32
+    tower_conv: str = "auto"  # the form of the tower-local convs (alexnet.model.tower_conv)
 
     @property
     def device(self) -> torch.device:
@@ -95,6 +96,9 @@ class Runtime:
             module = torch.compile(
                 module, mode=None if self.compile_mode == "default" else self.compile_mode
             )
+        from alexnet.model.tower_conv import set_tower_conv_form
+
+        set_tower_conv_form(model, self.tower_conv, self.device, module if self.compile else None)
         return module
 
     def barrier(self) -> None:
@@ -168,6 +172,7 @@ def setup(parallel: ParallelConfig, runtime: RuntimeConfig) -> Runtime:
         runtime.compile,
         runtime.compile_mode,
         dtype if runtime.eval_dtype == "same" else dtypes[runtime.eval_dtype],
+        runtime.tower_conv,
     )
 
 

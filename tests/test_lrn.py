@@ -300,7 +300,9 @@ def test_float64_on_cuda_is_computed_in_float64() -> None:
     grad = torch.randn_like(x)
     results = []
     for device in ("cpu", "cuda"):
-        xd = x.to(device).requires_grad_()
+        # a leaf of its own on each device: x.to("cpu") would be x itself, and requires_grad_
+        # would make x the leaf and the CUDA copy a non-leaf without .grad
+        xd = x.detach().to(device, copy=True).requires_grad_()
         y = lrn(xd, 5, 1e-4, 0.75, 2.0, 2, relu=True)
         y.backward(grad.to(device))
         results.append((y.cpu(), xd.grad.cpu()))

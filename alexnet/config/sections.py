@@ -179,6 +179,11 @@ class RuntimeConfig:
         "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
     ] = "default"
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    # How the tower-local conv2/4/5(/6) run; the same maths and parameters in every form
+    # (alexnet.model.tower_conv): grouped (groups=2), block_diagonal (one dense conv whose weight
+    # is built from the grouped one), per_tower (one conv per tower). auto: grouped on the CPU,
+    # on CUDA the fastest form per layer, measured at its first call and logged.
+    tower_conv: Literal["auto", "grouped", "block_diagonal", "per_tower"] = "auto"
 
     def problems(self) -> list[str]:
         if self.compile_mode != "default" and not self.compile:

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from alexnet import paper
 from alexnet.model.lrn import lrn
+from alexnet.model.lrn_pool import lrn_pool
 
 
 class PaperLRN(nn.Module):
@@ -37,9 +38,19 @@ class PaperLRN(nn.Module):
         self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
         self.alpha_semantics, self.groups, self.relu = alpha_semantics, groups, relu
 
+    @property
+    def raw_alpha(self) -> float:
+        """The coefficient of the raw sum of squares (``alpha / n`` for ``divided_by_n``)."""
+        return self.alpha if self.alpha_semantics == "raw_sum" else self.alpha / self.size
+
     def forward(self, x: Tensor) -> Tensor:
-        alpha = self.alpha if self.alpha_semantics == "raw_sum" else self.alpha / self.size
-        return lrn(x, self.size, alpha, self.beta, self.k, self.groups, self.relu)
+        return lrn(x, self.size, self.raw_alpha, self.beta, self.k, self.groups, self.relu)
+
+    def pooled(self, x: Tensor, relu: str, pool: int, stride: int) -> Tensor:
+        """``max_pool2d(f(x), pool, stride)`` as one op (``alexnet.model.lrn_pool``), ``f`` this
+        LRN with a ReLU before it (``relu="input"``, as ``self.relu``) or after (``"output"``)."""
+        args = (self.size, self.raw_alpha, self.beta, self.k, self.groups)
+        return lrn_pool(x, *args, relu=relu, pool=pool, stride=stride)
 
     def extra_repr(self) -> str:
         relu = ", relu fused in front" if self.relu else ""

@@ -9,6 +9,9 @@ torchvision) is a named ``ModelConfig`` option; see ``faithful-spec.md`` section
 
 The paper's LRN and dropout live in ``layers.py``, the two-device form in ``towers.py``, and
 ``python -m alexnet.model [--config FILE] [--set KEY=VALUE ...]`` prints the layer table.
+Two speed forms compute the same maths: the tower-local convs can run as one dense conv with a
+block-diagonal weight or as one conv per tower (``tower_conv.py``, ``runtime.tower_conv``), and
+ReLU, LRN and the overlapping pool after conv1 and conv2 run as one op (``lrn_pool.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from torch import Tensor, nn
 from alexnet import paper
 from alexnet.config import ALL_LAYERS, LAYERS, InitConfig, LRNConfig, ModelConfig
 from alexnet.model.layers import PaperDropout, PaperLRN
+from alexnet.model.tower_conv import TowerConv2d
 from alexnet.model.variants import SameMapNorm
 
 # Conv widths per arch. one_tower: §3.2 footnote 2, half the kernels except in conv5.
@@ -71,6 +75,13 @@ def build_conv1_padding(geometry: str) -> nn.Module:
     return nn.ZeroPad2d(pads[geometry]) if pads[geometry] else nn.Identity()
 
 
+def build_conv(c_in: int, c_out: int, kernel: int, padding: int, groups: int) -> nn.Conv2d:
+    """A stride-1 conv; a tower-local one (``groups`` > 1) can run in any of
+    ``tower_conv.FORMS`` with the same grouped parameter."""
+    conv = TowerConv2d if groups > 1 else nn.Conv2d
+    return conv(c_in, c_out, kernel, padding=padding, groups=groups)
+
+
 def build_pool(kind: str) -> nn.MaxPool2d:
     """Overlapping 3/2 max-pooling (§3.4) or the non-overlapping 2/2 it is compared with."""
     size = paper.POOL_SIZE if kind == "overlapping" else paper.POOL_SIZE_NON_OVERLAPPING
@@ -96,6 +107,39 @@ def relu_then_lrn(lrn: nn.Module, act: nn.Module, x: Tensor) -> Tensor:
     return lrn(x) if getattr(lrn, "relu", False) else lrn(act(x))
 
 
+def lrn_act_pool(
+    lrn: nn.Module, act: nn.Module, pool: nn.Module, x: Tensor, act_first: bool
+) -> Tensor:
+    """``pool(lrn(act(x)))`` (§3.3, ``act_first``) or ``pool(act(lrn(x)))`` (the CC2 configs'
+    conv1); the paper's ReLU, LRN and overlapping pool run as one op, ``alexnet::lrn_pool``."""
+    relu = _fused_relu(lrn, act, pool, act_first)
+    if relu is not None:
+        return lrn.pooled(x, relu, paper.POOL_SIZE, paper.POOL_STRIDE)
+    return pool(relu_then_lrn(lrn, act, x) if act_first else act(lrn(x)))
+
+
+def _fused_relu(lrn: nn.Module, act: nn.Module, pool: nn.Module, act_first: bool) -> str | None:
+    """``lrn_pool``'s ``relu`` for these layers, or None where they run one by one: another
+    activation, LRN or pooling, ``torch.export`` (plain ATen ops: ``alexnet.export``), or a hook
+    on one of the layers, which asks to see that layer's own output (``summary.py``)."""
+    fusable = isinstance(lrn, PaperLRN) and isinstance(act, nn.ReLU) and _overlapping(pool)
+    if not fusable or lrn.relu != act_first or torch.compiler.is_exporting():
+        return None
+    watched = (lrn, pool) if act_first else (lrn, act, pool)
+    if any(m._forward_hooks or m._forward_pre_hooks for m in watched):
+        return None
+    return "input" if act_first else "output"
+
+
+def _overlapping(pool: nn.Module) -> bool:
+    """Whether ``pool`` is ``build_pool("overlapping")``'s 3x3 stride-2 max-pool."""
+    if not isinstance(pool, nn.MaxPool2d) or pool.ceil_mode or pool.return_indices:
+        return False
+    settings = (pool.kernel_size, pool.stride, pool.padding, pool.dilation)
+    pairs = [s if isinstance(s, tuple) else (s, s) for s in settings]
+    return pairs == [(paper.POOL_SIZE,) * 2, (paper.POOL_STRIDE,) * 2, (0, 0), (1, 1)]
+
+
 class AlexNet(nn.Module):
     """The network of §3.5 from a ``ModelConfig``. Input: (N, 3, S, S), mean-subtracted 0-255."""
 
@@ -113,17 +157,17 @@ class AlexNet(nn.Module):
         relu1, relu2 = fused_relu(cfg)
         self.lrn1 = build_lrn(cfg.lrn, lrn_groups, relu1)
         self.pool1 = build_pool(cfg.pooling)
-        self.conv2 = nn.Conv2d(w1, w2, k2, padding=p2, groups=g["conv2"])
+        self.conv2 = build_conv(w1, w2, k2, p2, g["conv2"])
         self.lrn2 = build_lrn(cfg.lrn, lrn_groups, relu2)
         if cfg.lrn.same_map_norm:  # cuda-convnet2's cnorm2 after LRN2 (not in the paper)
             self.norm2 = SameMapNorm()
         self.pool2 = build_pool(cfg.pooling)
-        self.conv3 = nn.Conv2d(w2, w3, k3, padding=p3, groups=g["conv3"])
-        self.conv4 = nn.Conv2d(w3, w4, k4, padding=p4, groups=g["conv4"])
-        self.conv5 = nn.Conv2d(w4, w5, k5, padding=p5, groups=g["conv5"])
+        self.conv3 = build_conv(w2, w3, k3, p3, g["conv3"])
+        self.conv4 = build_conv(w3, w4, k4, p4, g["conv4"])
+        self.conv5 = build_conv(w4, w5, k5, p5, g["conv5"])
         self.pool5 = build_pool(cfg.pooling)
         if cfg.extra_conv6:  # §6 "1 CNN*": a conv layer over pool5; its shape is our choice
-            self.conv6 = nn.Conv2d(w5, w5, k5, padding=p5, groups=g["conv5"])
+            self.conv6 = build_conv(w5, w5, k5, p5, g["conv5"])
         self.fc6 = nn.Linear(w5 * POOL5_SIDE**2, paper.FC_WIDTHS[0])
         self.fc7 = nn.Linear(paper.FC_WIDTHS[0], paper.FC_WIDTHS[1])
         self.fc8 = nn.Linear(paper.FC_WIDTHS[1], cfg.num_classes)
@@ -143,12 +187,13 @@ class AlexNet(nn.Module):
         if layer not in FEATURE_LAYERS:
             raise ValueError(f"layer must be one of {', '.join(FEATURE_LAYERS)}, got {layer!r}")
         x = self.conv1(self.pad1(x))  # (N, 96, 55, 55)
-        if self.cfg.lrn.conv1_position == "after_relu":  # §3.3; before_relu: the CC2 cfgs
-            x = self.pool1(relu_then_lrn(self.lrn1, self.act, x))  # (N, 96, 27, 27)
+        act_first = self.cfg.lrn.conv1_position == "after_relu"  # §3.3; before: the CC2 cfgs
+        x = lrn_act_pool(self.lrn1, self.act, self.pool1, x, act_first)  # (N, 96, 27, 27)
+        x = self.conv2(x)  # (N, 256, 27, 27)
+        if self.cfg.lrn.same_map_norm:  # cuda-convnet2's cnorm2 between LRN2 and pool2
+            x = self.pool2(self.norm2(relu_then_lrn(self.lrn2, self.act, x)))
         else:
-            x = self.pool1(self.act(self.lrn1(x)))
-        x = relu_then_lrn(self.lrn2, self.act, self.conv2(x))  # (N, 256, 27, 27)
-        x = self.pool2(self.norm2(x) if self.cfg.lrn.same_map_norm else x)  # (N, 256, 13, 13)
+            x = lrn_act_pool(self.lrn2, self.act, self.pool2, x, act_first=True)  # (N, 256, 13, 13)
         x = self.act(self.conv3(x))  # (N, 384, 13, 13)
         x = self.act(self.conv4(x))  # (N, 384, 13, 13)
         x = self.pool5(self.act(self.conv5(x)))  # (N, 256, 6, 6)

@@ -27,7 +27,7 @@ from alexnet.model.network import (
     build_model,
     build_pool,
     fused_relu,
-    relu_then_lrn,
+    lrn_act_pool,
 )
 
 # Layers split in half along their outputs (kernels / neurons), one half per tower. For the
@@ -166,8 +166,8 @@ class TwoDeviceAlexNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         a = self._conv1(self.conv1a, x.to(self.devices[0]))  # (N, 48, 27, 27) on devices[0]
         b = self._conv1(self.conv1b, x.to(self.devices[1]))  # (N, 48, 27, 27) on devices[1]
-        a = self.pool2(relu_then_lrn(self.lrn2, self.act, self.conv2a(a)))  # (N, 128, 13, 13)
-        b = self.pool2(relu_then_lrn(self.lrn2, self.act, self.conv2b(b)))  # own maps only
+        a = lrn_act_pool(self.lrn2, self.act, self.pool2, self.conv2a(a), True)  # (N, 128, 13, 13)
+        b = lrn_act_pool(self.lrn2, self.act, self.pool2, self.conv2b(b), True)  # own maps only
         a, b = self._talk("conv3", a, b)  # (N, 192, 13, 13) each, from both towers' 256 maps
         a, b = self.act(self.conv4a(a)), self.act(self.conv4b(b))  # (N, 192, 13, 13)
         a, b = self.pool5(self.act(self.conv5a(a))), self.pool5(self.act(self.conv5b(b)))
@@ -181,9 +181,8 @@ class TwoDeviceAlexNet(nn.Module):
 
     def _conv1(self, conv: nn.Module, x: Tensor) -> Tensor:
         x = conv(self.pad1(x))  # (N, 48, 55, 55)
-        if self.cfg.lrn.conv1_position == "after_relu":
-            return self.pool1(relu_then_lrn(self.lrn1, self.act, x))
-        return self.pool1(self.act(self.lrn1(x)))
+        act_first = self.cfg.lrn.conv1_position == "after_relu"
+        return lrn_act_pool(self.lrn1, self.act, self.pool1, x, act_first)
 
     def _talk(self, name: str, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         """Layer ``name`` (then the activation) in both towers, each fed both towers' outputs."""
