@@ -11,9 +11,9 @@ from alexnet.errors import report_user_errors
 # command: (module in alexnet.bench, one-line help)
 COMMANDS = {
     "data": ("data", "images/s of the loaders, ImageFolder and the packed encodings"),
-    "train": ("train", "images/s of the training step; --compare torchvision, no_lrn"),
-    "eval": ("eval", "images/s of (10-view) evaluation; --compare torchvision, no_lrn"),
-    "lrn": ("lrn", "the LRN op's forward + backward against F.local_response_norm's"),
+    "train": ("train", "images/s of the training step; --compare torchvision, no_lrn, former_lrn"),
+    "eval": ("eval", "images/s of (10-view) evaluation; --compare torchvision, no_lrn, former_lrn"),
+    "lrn": ("lrn", "the LRN op and the fused LRN + pool op, each against its traffic floor"),
 }
 
 EPILOG = """examples:
@@ -21,7 +21,7 @@ EPILOG = """examples:
   python -m alexnet.bench train --set runtime.dtype=bfloat16 --set train.batch_size=512
   python -m alexnet.bench train --compare torchvision --compare no_lrn --set train.batch_size=32
   python -m alexnet.bench eval --compare torchvision --set runtime.eval_dtype=bfloat16
-  python -m alexnet.bench lrn --shape 32,96,55,55
+  python -m alexnet.bench lrn --shape 32,96,55,55 --shape 32,256,27,27
   python -m alexnet.bench data --data data/ilsvrc2012 --raw /imagenet/train
   python -m alexnet.bench data --data data/smoke --workers 0 --batch-size 16 --steps 5
 """

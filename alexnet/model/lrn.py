@@ -16,8 +16,9 @@ float32 and returned in their own dtype; channels_last inputs stay channels_last
 
 CUDA tensors go to the Triton kernels of ``lrn_triton`` when Triton is installed; everything else
 to the portable path of ``lrn_portable`` (plain tensor operations, block by block).
-``reference_lrn`` is the former ``F.local_response_norm`` implementation, kept for tests and
-``python -m alexnet.bench lrn``.
+``reference_lrn`` is the former ``F.local_response_norm`` implementation in plain ATen ops: the
+exported program writes the op out with it (``inference.deploy``), and the tests and
+``python -m alexnet.bench lrn`` compare the op with it.
 """
 
 from __future__ import annotations
