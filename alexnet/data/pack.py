@@ -85,13 +85,17 @@ def _run(jobs: list[tuple[Path, Path, Unit, Storage]], workers: int) -> None:
 def _disk_full(out: Path, todo: list[Unit], storage: Storage) -> str:
     """The message for a full disk: what is free, about what the rest needs, what is kept."""
     per_image = STORED_BYTES.get(storage.encoding, storage.size**2 * 3)
-    need = sum(len(unit.items) for unit in todo) * per_image / 1e9
-    free = shutil.disk_usage(out).free / 1e9
+    need = sum(len(unit.items) for unit in todo) * per_image
+    free = shutil.disk_usage(out).free
     return (
-        f"no space left on the device of {out} ({free:.1f} GB free; the images not yet "
-        f"prepared need about {need:.1f} GB): make room and run the same command again, "
-        "it continues with the unfinished units"
+        f"no space left on the device of {out} ({_size(free)} free; this run's images take "
+        f"about {_size(need)}): make room and run the same command again, it continues with "
+        "the unfinished units"
     )
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _check_out(out: Path, root: Path) -> None:
