@@ -97,7 +97,7 @@ def run_unit(job: tuple[Path, Path, Unit, Storage]) -> int:
     npz_path.unlink(missing_ok=True)  # from here on the unit counts as unfinished
     s = storage.size
     lengths, crcs, names, converted, skipped, notes = [], [], [], [], [], []
-    pixel_sum, rgb_sum, outer = np.zeros((s, s, 3)), np.zeros(3), np.zeros((3, 3))
+    pixel_sum, outer = np.zeros((s, s, 3)), np.zeros((3, 3))
     with _reader(source, unit) as read, atomic.atomic_open(bin_path) as f:
         for item in unit.items:
             data = read(item)  # a truncated archive stops the run (UserError), it is no skip
@@ -116,7 +116,6 @@ def run_unit(job: tuple[Path, Path, Unit, Storage]) -> int:
             if unit.split == "train":  # integer-valued sums: exact in float64 (< 2**53)
                 pixel_sum += pixels
                 flat = pixels.reshape(-1, 3).astype(np.float64)
-                rgb_sum += flat.sum(0)
                 outer += flat.T @ flat
     info = {"signature": unit.signature(storage), "converted": converted, "skipped": skipped}
     info["warnings"] = notes
@@ -125,6 +124,7 @@ def run_unit(job: tuple[Path, Path, Unit, Storage]) -> int:
     arrays["label"] = np.full(len(lengths), unit.label, np.int64)
     arrays["info"] = np.array(json.dumps(info))
     if unit.split == "train":
+        rgb_sum = pixel_sum.sum((0, 1))  # the same exact integers as summing every image's pixels
         arrays.update(pixel_sum=pixel_sum.transpose(2, 0, 1), rgb_sum=rgb_sum, outer_sum=outer)
         arrays["pixel_count"] = np.int64(len(lengths) * s * s)
     atomic.save_npz(npz_path, **arrays)
