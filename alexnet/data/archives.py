@@ -96,7 +96,10 @@ def _list_train(path: Path, workers: int) -> tuple[ClassMembers, list[str], list
     with tars.open_file(path) as fd:
         outer = tars.list_tar(fd, 0, os.fstat(fd).st_size, str(path))
     inner = [m for m in outer if m.regular and m.name.endswith(".tar") and "/" not in m.name]
-    unknown = [f"train/{m.name}: not a class tar" for m in outer if m.regular and m not in inner]
+    tars_here = set(inner)
+    unknown = [
+        f"train/{m.name}: not a class tar" for m in outer if m.regular and m not in tars_here
+    ]
     irregular = [f"train/{m.name}" for m in outer if not m.regular and m.name not in ("", ".")]
     if not inner:
         raise UserError(f"{path} holds no class tars (<wnid>.tar): not {OFFICIAL['train']}")

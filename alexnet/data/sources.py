@@ -12,6 +12,9 @@ Accepted layouts of SOURCE (the folder given to ``python -m alexnet.prepare``)::
         Caffe val.txt (``file sorted_index``), indexing --class-list or the sorted train classes.
     SOURCE/ILSVRC/Data/CLS-LOC/{train,val}   Kaggle's layout, handled like the first one.
 
+The ILSVRC-2012 downloads themselves (the tars, read in place) are inventoried by ``archives.py``
+into the same ``Inventory``, each item with its byte range in the archive.
+
 Labels are indices into the sorted class folder names of train/ (ImageNet: 0 = n01440764). The
 devkit's IDs are *not* in that order (ID 1 = n02119789, spec §7.3), so they go ID -> wnid -> index.
 Label files are recognised by their content (``labels.py``); when not passed they are looked for
