@@ -474,3 +474,6 @@ def test_downloads_are_recognised_by_content_not_name(
     assert code == 2 and "is neither a tar archive nor a .tar.gz" in err
     code, err = run_prepare([renamed["val"], renamed["devkit"], tmp_path / "out"], capsys)
     assert code == 2 and "no training archive (ILSVRC2012_img_train.tar)" in err
+    with pytest.raises(SystemExit) as exit_info:  # a source without an output folder
+        prep.main([str(renamed["train"])])
+    assert exit_info.value.code == 2 and "SOURCE [SOURCE ...] OUT" in capsys.readouterr().err

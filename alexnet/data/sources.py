@@ -162,7 +162,11 @@ def find_sources(
     train, loose, irregular = _scan(root / "train", "train")
     if not train:
         tars = [n for n in loose if n.endswith(".tar")]
-        hint = f" (it holds {len(tars)} .tar files: extract each to train/<wnid>/)" if tars else ""
+        hint = (
+            f" (it holds {len(tars)} .tar files: give prepare the downloaded "
+            "ILSVRC2012_img_train.tar itself, read in place, or extract each to train/<wnid>/)"
+        )
+        hint = hint if tars else ""
         raise UserError(f"{root / 'train'} has no class folders{hint}")
     classes = sorted(train)
     inventory = Inventory(root=root, classes=classes, items=[], irregular=irregular)
