@@ -30,6 +30,10 @@ from alexnet.errors import UserError
 OFFICIAL = {kind: name for kind, (name, _) in tars.PUBLISHED_MD5.items()}
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 ClassMembers = dict[str, list[tars.Member]]
+# Listing costs about 60 us per image (a header read and parsed); ILSVRC-2012's 1.28 million
+# take a minute of CPU, so they are listed in parallel. Below this many bytes of class tars
+# (about 2,400 ImageNet JPEGs) one process lists them sooner than a pool starts.
+LIST_IN_PARALLEL = 256 << 20
 
 
 def official_archives(folder: Path) -> dict[str, Path]:
@@ -121,7 +125,7 @@ def _list_classes(path: Path, inner: list[tars.Member], workers: int) -> list[li
     """The members of each class tar, in order, listed by ``workers`` processes."""
     jobs = [(path, m) for m in inner]
     with tqdm(total=len(jobs), unit="tar", desc="list", disable=None) as bar:
-        if workers <= 1 or len(jobs) <= 1:
+        if workers <= 1 or len(jobs) <= 1 or sum(m.size for m in inner) < LIST_IN_PARALLEL:
             return [_tick(bar, _list_class(job)) for job in jobs]
         with multiprocessing.Pool(min(workers, len(jobs))) as pool:
             return [_tick(bar, r) for r in pool.imap(_list_class, jobs, chunksize=4)]

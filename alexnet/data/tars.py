@@ -72,7 +72,7 @@ class Window(io.RawIOBase):
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
         n = max(0, min(len(buffer), self.size - self.pos))
-        data = os.pread(self.fd, n, self.start + self.pos) if n else b""
+        data = _pread(self.fd, n, self.start + self.pos) if n else b""
         buffer[: len(data)] = data
         self.pos += len(data)
         return len(data)
@@ -105,6 +105,15 @@ def list_tar(fd: int, start: int, size: int, label: str) -> list[Member]:
     return members
 
 
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    """``os.pread``, or a seek and a read where there is none (Windows): a descriptor here
+    belongs to one process and one thread, so nothing else moves its position between them."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, size)
+
+
 _again = "download it again (--verify compares it with the published MD5 sum)"
 
 
@@ -123,9 +132,9 @@ def open_file(path: Path) -> Iterator[int]:
 
 def read_at(fd: int, offset: int, size: int, label: str) -> bytes:
     """``size`` bytes at ``offset`` of ``fd``; a file that ends sooner is a UserError."""
-    data = os.pread(fd, size, offset)
+    data = _pread(fd, size, offset)
     while len(data) < size:  # pread may return less on some file systems; EOF returns b""
-        more = os.pread(fd, size - len(data), offset + len(data))
+        more = _pread(fd, size - len(data), offset + len(data))
         if not more:
             raise UserError(f"{label} ends before the data of a member: the file is truncated")
         data += more
@@ -136,7 +145,7 @@ def kind_of(path: Path) -> str:
     """What an ILSVRC-2012 download is, from its first bytes: "devkit" (a gzip file), "train"
     (a tar whose first file is a tar) or "val" (a tar whose first file is something else)."""
     with open_file(path) as fd:
-        head = os.pread(fd, len(GZIP_MAGIC), 0)
+        head = _pread(fd, len(GZIP_MAGIC), 0)
         if head.startswith(GZIP_MAGIC):
             return "devkit"
         try:
