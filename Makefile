@@ -60,7 +60,7 @@ demo: demo-data  ## train the paper's net on the built-in data on CPU (<10 min),
 		--json runs/demo/eval.json --no-progress
 	$(PY) -m alexnet.figures all runs/demo --crops 1
 
-prepare: $(STAMP)  ## RAW=/path/to/ILSVRC2012 DATA=data/ilsvrc2012: resize to 256, pack, mean + PCA
+prepare: $(STAMP)  ## RAW=/downloads (the 3 ILSVRC-2012 files, or train/ val/) DATA=data/ilsvrc2012: shards, mean, PCA
 	$(PY) -m alexnet.prepare $(RAW) $(DATA)
 
 train: $(STAMP)  ## CONFIG=... SET="k=v ...": train on one device (or resume: SET stays the same)

@@ -1,6 +1,7 @@
-"""``python -m alexnet.prepare SOURCE OUT``: resize a raw image tree to 256x256 shards, once.
+"""``python -m alexnet.prepare SOURCE... OUT``: resize raw images to 256x256 shards, once.
 
-The work is done by ``alexnet.data.pack``; this module is its command line: arguments,
+SOURCE is a folder of images, or the ILSVRC-2012 downloads (read in place, nothing extracted).
+The work is done by ``alexnet.data.preparation``; this module is its command line: arguments,
 checks, and a short summary with warnings for anything that needs attention.
 """
 
@@ -13,15 +14,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from alexnet import paper
 from alexnet.data.images import Storage
-from alexnet.data.labels import WNID
-from alexnet.data.pack import pack
-from alexnet.data.sources import find_sources
+from alexnet.data.preparation import Request, prepare
 from alexnet.errors import UserError, report_user_errors
 from alexnet.runtime import available_cpus
 
 EXAMPLES = """examples:
+  python -m alexnet.prepare ILSVRC2012_img_train.tar ILSVRC2012_img_val.tar \\
+      ILSVRC2012_devkit_t12.tar.gz data/ilsvrc2012
+      ImageNet as downloaded: read in place, nothing extracted (add --verify to check MD5s)
+  python -m alexnet.prepare /downloads data/ilsvrc2012
+      the same, from the folder that holds those three files
   python -m alexnet.prepare /data/imagenet data/ilsvrc2012
       ImageNet with val/ sorted into wnid folders, or flat with the devkit files beside it
   python -m alexnet.prepare /data/imagenet data/ilsvrc2012 \\
@@ -38,13 +41,28 @@ when it holds meta.json; report.json lists converted, skipped and missing files.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m alexnet.prepare",
-        description="Resize a raw image tree once to 256x256 (shorter side to 256, central crop, "
-        "paper §2) and pack it into shards with an index, the mean image and the RGB covariance.",
+        usage="%(prog)s [options] SOURCE [SOURCE ...] OUT",
+        description="Resize raw images once to 256x256 (shorter side to 256, central crop, "
+        "paper §2) and pack them into shards with an index, the mean image and the RGB "
+        "covariance.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", type=Path, help="folder with train/<class>/ and val/ (or test/)")
-    p.add_argument("out", type=Path, help="output folder (created; resumed if unfinished)")
+    p.add_argument(
+        "paths",
+        nargs="*",
+        type=Path,
+        metavar="SOURCE ... OUT",
+        help="SOURCE: a folder with train/<class>/ and val/ (or test/); or the ILSVRC-2012 "
+        "downloads (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar, "
+        "ILSVRC2012_devkit_t12.tar.gz, any order), or the folder that holds them. OUT: the "
+        "output folder (created; resumed if unfinished)",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="first compare the downloads' MD5 sums with the published ones",
+    )
     _add_label_arguments(p)
     _add_storage_arguments(p)
     return p
@@ -129,7 +147,10 @@ def _add_storage_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if len(args.paths) < 2:
+        parser.error("give the source(s) and the output folder: SOURCE [SOURCE ...] OUT")
     return report_user_errors(lambda: _run(args))
 
 
@@ -141,20 +162,13 @@ def _run(args: argparse.Namespace) -> int:
     if not 1 <= args.quality <= 100:
         raise UserError(f"--quality must be between 1 and 100, got {args.quality}")
     start = time.perf_counter()
-    inventory = find_sources(
-        args.source,
-        args.val_labels,
-        args.id_map,
-        args.class_list,
-        args.limit_per_class,
-        class_words=args.class_words,
-    )
-    wnids = all(WNID.fullmatch(c) for c in inventory.classes)
-    imagenet = len(inventory.classes) == paper.NUM_CLASSES and wnids and not args.limit_per_class
-    expect = args.expect == "imagenet" or (args.expect == "auto" and imagenet)
+    *sources, out = args.paths
     storage = Storage(args.encoding, args.quality, resize=args.resize)
-    report = pack(inventory, args.out, storage, args.workers, args.unit_size, expect)
-    print_summary(args.out, report, storage, time.perf_counter() - start)
+    options = ("workers", "unit_size", "limit_per_class", "expect", "verify")
+    options += ("val_labels", "id_map", "class_list", "class_words")
+    request = Request(tuple(sources), out, storage, **{k: getattr(args, k) for k in options})
+    report = prepare(request)
+    print_summary(out, report, storage, time.perf_counter() - start)
     return 0
 
 

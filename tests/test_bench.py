@@ -120,6 +120,26 @@ def test_bench_lrn_times_both_implementations(capsys: pytest.CaptureFixture[str]
     assert timings["LRN op"][1].endswith("x") and timings["LRN op, ReLU fused"][1].endswith("x")
 
 
+def test_bench_prepare_times_the_steps_and_both_sources(
+    prepared_tiny: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stage rates, the archive and folder paths (their outputs equal), and projections
+    that are the image count over rate x cores."""
+    photos = prepared_tiny.parent / "src" / "train"  # 4 classes x 12 generated JPEGs
+    args = ["prepare", "--photos", str(photos), "--rounds", "2", "--workers", "1"]
+    assert bench.main([*args, "--classes", "3", "--limit", "20"]) == 0
+    out = capsys.readouterr().out
+    rows = {line[:28].strip(): line[28:].split() for line in out.splitlines()}
+    assert all(float(rows[stage][0]) > 0 for stage in ("decode", "resize", "encode"))
+    assert float(rows["archive"][0]) > 0 and float(rows["folders"][0]) > 0
+    assert "photos: 20 from" in out and "same output: True" in out
+    for line in [ln for ln in out.splitlines() if ln.startswith("from ")]:
+        rate = float(line.split("(")[-1].split()[0])
+        hours = [float(h) for h in line.split("cores ")[1:] for h in h.split()[:1]]
+        expected = [1_331_167 / (rate * cores) / 3600 for cores in (8, 16)]
+        assert hours == pytest.approx(expected, rel=0.01, abs=0.006)
+
+
 def test_bench_rejects_bad_counts(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench.main(bench_args("train", "--steps", "0")) == 2
     assert bench.main(["lrn", "--shape", "2,13,5,5"]) == 2  # 13 maps do not split in 2 towers

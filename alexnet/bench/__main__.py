@@ -14,6 +14,7 @@ COMMANDS = {
     "train": ("train", "images/s of the training step; --compare torchvision, no_lrn, former_lrn"),
     "eval": ("eval", "images/s of (10-view) evaluation; --compare torchvision, no_lrn, former_lrn"),
     "lrn": ("lrn", "the LRN op and the fused LRN + pool op, each against its traffic floor"),
+    "prepare": ("prepare", "images/s of prepare's decode, resize, encode; archives vs folders"),
 }
 
 EPILOG = """examples:
@@ -24,6 +25,7 @@ EPILOG = """examples:
   python -m alexnet.bench lrn --shape 32,96,55,55 --shape 32,256,27,27
   python -m alexnet.bench data --data data/ilsvrc2012 --raw /imagenet/train
   python -m alexnet.bench data --data data/smoke --workers 0 --batch-size 16 --steps 5
+  python -m alexnet.bench prepare --photos ../shared/data/imagenet_sample_images --rounds 3
 """
 
 

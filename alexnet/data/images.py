@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import io
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -30,15 +32,22 @@ class Storage:
     resize: str = "shorter_side"  # §2; "warp": Caffe's whole image to size x size
 
 
-def load_rgb(path: Path, upright: bool = False) -> tuple[Image.Image, str, list[str]]:
+def load_rgb(
+    source: Path | str | bytes | BinaryIO, upright: bool = False
+) -> tuple[Image.Image, str, list[str]]:
     """Decode by content: the RGB image, what it was ("" for an RGB JPEG), and PIL's warnings.
 
-    ``upright`` turns the image as its EXIF orientation tag says (a phone photo as it is
-    shown); ``prepare`` leaves the pixels as stored, as the ImageNet pipelines did.
+    ``source`` is a file's path, its bytes (an archive member) or an open binary file; the same
+    bytes decode the same way from each. ``upright`` turns the image as its EXIF orientation
+    tag says (a phone photo as it is shown); ``prepare`` leaves the pixels as stored, as the
+    ImageNet pipelines did.
     """
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with open(path, "rb") as f:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            source = io.BytesIO(source)
+        # a caller's open file stays open (nullcontext); a path is opened and closed here
+        with nullcontext(source) if hasattr(source, "read") else open(source, "rb") as f:
             image = Image.open(f)
             image.load()  # strict: ImageFile.LOAD_TRUNCATED_IMAGES stays False
         was = " ".join(x for x in (image.format, image.mode) if x not in ("JPEG", "MPO", "RGB"))

@@ -61,9 +61,14 @@ def read_class_words(path: Path) -> dict[str, str]:
     return words
 
 
-def read_label_file(path: Path) -> LabelFile:
-    """Parse a validation label file, recognising its kind by its content."""
-    lines = read_lines(path)
+def read_label_file(path: Path, text: str | None = None) -> LabelFile:
+    """Parse a validation label file, recognising its kind by its content.
+
+    Args:
+        text: the file's content when it was read elsewhere (from inside an archive); ``path``
+            then only names it in messages.
+    """
+    lines = read_lines(path, text)
     if not lines:
         raise UserError(f"validation label file {path} is empty")
     first = lines[0][1]
@@ -95,9 +100,9 @@ def read_label_file(path: Path) -> LabelFile:
     )
 
 
-def read_lines(path: Path) -> list[tuple[int, str]]:
+def read_lines(path: Path, text: str | None = None) -> list[tuple[int, str]]:
     try:
-        text = path.read_text()
+        text = path.read_text() if text is None else text
     except OSError as err:
         raise UserError(f"cannot read {path}: {err.strerror}") from None
     return [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]

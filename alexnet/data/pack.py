@@ -11,7 +11,9 @@ The command line is ``python -m alexnet.prepare``.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,8 @@ def pack(
     storage = storage or Storage()
     _check_out(out, inventory.root)
     if not inventory.count("train"):
-        raise UserError(f"{inventory.root / 'train'} has class folders but no files in them")
+        where = inventory.archives.get("train", inventory.root / "train")
+        raise UserError(f"{where} has classes but no files in them")
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # unfinished from here until finalize
     units = make_units(inventory, unit_size)
@@ -51,8 +54,24 @@ def pack(
     todo = [unit for unit in units if read_unit(out, unit, storage) is None]
     if len(todo) < len(units):
         print(f"resuming: {len(units) - len(todo)} of {len(units)} units are already done")
-    jobs = [(inventory.root, out, u, storage) for u in sorted(todo, key=lambda u: -len(u.items))]
-    total = sum(len(u.items) for u in todo)
+    todo.sort(key=lambda u: -len(u.items))  # the longest first: no straggler at the end
+    jobs = [(inventory.source(u.split), out, u, storage) for u in todo]
+    try:
+        _run(jobs, workers)
+        return finalize(out, inventory, units, storage, expect_imagenet)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        raise UserError(_disk_full(out, todo, storage)) from None
+
+
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+STORED_BYTES = {"jpeg": 40 << 10}  # per 256x256 image at q95 (docs/BENCHMARKS.md: 39.8 KiB)
+
+
+def _run(jobs: list[tuple[Path, Path, Unit, Storage]], workers: int) -> None:
+    """Run the units' jobs on ``workers`` processes, with a progress bar (images, rate, ETA)."""
+    total = sum(len(job[2].items) for job in jobs)
     with tqdm(total=total, unit="img", desc="prepare", disable=None) as bar:
         if workers <= 1 or len(jobs) <= 1:
             for job in jobs:
@@ -61,7 +80,22 @@ def pack(
             with multiprocessing.Pool(min(workers, len(jobs))) as pool:
                 for done in pool.imap_unordered(run_unit, jobs):
                     bar.update(done)
-    return finalize(out, inventory, units, storage, expect_imagenet)
+
+
+def _disk_full(out: Path, todo: list[Unit], storage: Storage) -> str:
+    """The message for a full disk: what is free, about what the rest needs, what is kept."""
+    per_image = STORED_BYTES.get(storage.encoding, storage.size**2 * 3)
+    need = sum(len(unit.items) for unit in todo) * per_image
+    free = shutil.disk_usage(out).free
+    return (
+        f"no space left on the device of {out} ({_size(free)} free; this run's images take "
+        f"about {_size(need)}): make room and run the same command again, it continues with "
+        "the unfinished units"
+    )
+
+
+def _size(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _check_out(out: Path, root: Path) -> None:
@@ -84,65 +118,90 @@ def finalize(
     expect_imagenet: bool = False,
 ) -> dict[str, Any]:
     """Write index.npy per split, stats.npz, report.json and, last, meta.json."""
-    s = storage.size
-    report: dict[str, Any] = {"source": str(inventory.root), "val_labels": inventory.val_source}
+    report: dict[str, Any] = {"source": inventory.describe(), "val_labels": inventory.val_source}
     report["class_names"] = inventory.names_source
     report.update(counts={}, count_check={}, converted=[], skipped=[], warnings=[])
     report.update(missing_classes={}, unknown_class_files=inventory.unknown)
     report["not_regular_files"] = inventory.irregular
     splits: dict[str, Any] = {}
-    mean_sum, rgb_sum, outer, pixels = np.zeros((3, s, s)), np.zeros(3), np.zeros((3, 3)), 0
+    sums = _Sums(storage.size)
     for split in [x for x in ("train", "val") if x in inventory.missing]:
-        rows, shards, skipped = [], [], 0
-        for unit in [u for u in units if u.split == split]:
-            rec = read_unit(out, unit, storage, full=True)
-            if rec is None:
-                raise RuntimeError(f"unit {unit.stem} is incomplete after preparation")
-            report["converted"] += rec["converted"]
-            report["skipped"] += rec["skipped"]
-            report["warnings"] += rec["warnings"]
-            skipped += len(rec["skipped"])
-            n = len(rec["length"])
-            if n:
-                offsets = np.cumsum(rec["length"]) - rec["length"]
-                shard = np.full(n, len(shards))
-                columns = [shard, offsets, rec["length"], rec["label"], rec["crc32"]]
-                rows.append(np.stack(columns, 1))
-                shards.append(f"{unit.stem}.bin")
-            if split == "train" and n:
-                mean_sum += rec["pixel_sum"]
-                rgb_sum, outer = rgb_sum + rec["rgb_sum"], outer + rec["outer_sum"]
-                pixels += int(rec["pixel_count"])
-        width = packed.INDEX_COLUMNS[packed.VERSION]
-        index = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, width), np.int64)
+        index, shards = _index_split(out, inventory, units, storage, split, report, sums)
         if inventory.count(split):
             atomic.save_npy(out / split / "index.npy", index)
             splits[split] = {"count": len(index), "shards": shards}
-        present = set(index[:, 3].tolist())
-        missing = [c for i, c in enumerate(inventory.classes) if i not in present]
-        report["missing_classes"][split] = missing
-        report["counts"][split] = len(index)
-        planned = inventory.count(split)
-        check = {"planned": planned, "stored": len(index), "skipped": skipped}
-        report["count_check"][split] = {**check, "ok": planned == len(index) + skipped}
-    if not pixels:
-        train = inventory.root / "train"
-        raise UserError(f"none of the training images in {train} could be decoded")
-    cov = (outer - np.outer(rgb_sum, rgb_sum) / pixels) / (pixels - 1)  # as np.cov (ddof=1)
-    stats = packed.save_stats(out, mean_sum / (pixels // (s * s)), cov, pixels)
-    report["stats"] = {"mean_rgb": stats.mean.mean((1, 2)).tolist()}
-    report["stats"]["eigval"] = stats.eigval.tolist()
+    report["stats"] = sums.save(out, inventory.describe())
     problems = imagenet_problems(inventory.classes, report) if expect_imagenet else None
     report["imagenet_check"] = problems
     _remove_stale(out, units)
     atomic.write_json(out / "report.json", report)
     meta = {"format": packed.FORMAT, "version": packed.VERSION, "encoding": storage.encoding}
-    meta.update(image_size=s, classes=inventory.classes, splits=splits)
+    meta.update(image_size=storage.size, classes=inventory.classes, splits=splits)
     meta["class_names"] = inventory.class_names or inventory.classes  # in words (sources.py)
     meta["jpeg_quality"] = storage.quality if storage.encoding == "jpeg" else None
     meta["resize"] = storage.resize  # shorter_side (§2) or warp (Caffe)
     atomic.write_json(out / "meta.json", meta)
     return report
+
+
+class _Sums:
+    """The training units' exact pixel sums, added up into the mean image and RGB covariance."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.pixels = size, 0
+        self.mean_sum, self.rgb_sum, self.outer = np.zeros((3, size, size)), 0.0, 0.0
+
+    def add(self, rec: dict[str, Any]) -> None:
+        self.mean_sum = self.mean_sum + rec["pixel_sum"]
+        self.rgb_sum, self.outer = self.rgb_sum + rec["rgb_sum"], self.outer + rec["outer_sum"]
+        self.pixels += int(rec["pixel_count"])
+
+    def save(self, out: Path, source: str) -> dict[str, Any]:
+        """Write stats.npz; the report's summary of it."""
+        if not self.pixels:
+            raise UserError(f"none of the training images in {source} could be decoded")
+        n, rgb = self.pixels, np.asarray(self.rgb_sum)
+        cov = (self.outer - np.outer(rgb, rgb) / n) / (n - 1)  # as np.cov (ddof=1)
+        stats = packed.save_stats(out, self.mean_sum / (n // self.size**2), cov, n)
+        return {"mean_rgb": stats.mean.mean((1, 2)).tolist(), "eigval": stats.eigval.tolist()}
+
+
+def _index_split(
+    out: Path,
+    inventory: Inventory,
+    units: list[Unit],
+    storage: Storage,
+    split: str,
+    report: dict[str, Any],
+    sums: _Sums,
+) -> tuple[np.ndarray, list[str]]:
+    """One split's index rows and shards from its finished units; fills the report's entries."""
+    rows, shards, skipped = [], [], 0
+    for unit in [u for u in units if u.split == split]:
+        rec = read_unit(out, unit, storage, full=True)
+        if rec is None:
+            raise RuntimeError(f"unit {unit.stem} is incomplete after preparation")
+        for key in ("converted", "skipped", "warnings"):
+            report[key] += rec[key]
+        skipped += len(rec["skipped"])
+        n = len(rec["length"])
+        if n:
+            offsets = np.cumsum(rec["length"]) - rec["length"]
+            columns = [np.full(n, len(shards)), offsets, rec["length"], rec["label"], rec["crc32"]]
+            rows.append(np.stack(columns, 1))
+            shards.append(f"{unit.stem}.bin")
+            if split == "train":
+                sums.add(rec)
+    width = packed.INDEX_COLUMNS[packed.VERSION]
+    index = np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, width), np.int64)
+    present = set(index[:, 3].tolist())
+    report["missing_classes"][split] = [
+        c for i, c in enumerate(inventory.classes) if i not in present
+    ]
+    report["counts"][split] = len(index)
+    check = {"planned": inventory.count(split), "stored": len(index), "skipped": skipped}
+    report["count_check"][split] = {**check, "ok": check["planned"] == len(index) + skipped}
+    return index, shards
 
 
 def _remove_stale(out: Path, units: list[Unit]) -> None:

@@ -12,6 +12,9 @@ Accepted layouts of SOURCE (the folder given to ``python -m alexnet.prepare``)::
         Caffe val.txt (``file sorted_index``), indexing --class-list or the sorted train classes.
     SOURCE/ILSVRC/Data/CLS-LOC/{train,val}   Kaggle's layout, handled like the first one.
 
+The ILSVRC-2012 downloads themselves (the tars, read in place) are inventoried by ``archives.py``
+into the same ``Inventory``, each item with its byte range in the archive.
+
 Labels are indices into the sorted class folder names of train/ (ImageNet: 0 = n01440764). The
 devkit's IDs are *not* in that order (ID 1 = n02119789, spec §7.3), so they go ID -> wnid -> index.
 Label files are recognised by their content (``labels.py``); when not passed they are looked for
@@ -29,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alexnet.data.labels import (
+    LabelFile,
     flat_labels,
     read_class_list,
     read_class_words,
@@ -51,11 +55,13 @@ CLASS_WORDS_PATTERNS = CLASS_LIST_PATTERNS + ID_MAP_PATTERNS  # searched for the
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One source image: its split, class index and file (``Inventory.root / name``)."""
+    """One source image: its split, class index and file (``Inventory.root / name``), or its
+    byte range in the split's archive (``archives.py``)."""
 
     split: str
     label: int
     name: str  # relative to the root, "/"-separated; also the name used in reports
+    place: tuple[int, int] | None = None  # (offset, size) in Inventory.archives[split]
 
 
 @dataclass
@@ -72,9 +78,18 @@ class Inventory:
     label_files: list[Path] = field(default_factory=list)
     class_names: list[str] = field(default_factory=list)  # in words, in class order
     names_source: str = "folder names"  # the file the names in words came from
+    archives: dict[str, Path] = field(default_factory=dict)  # split -> the tar its items are in
 
     def count(self, split: str) -> int:
         return sum(item.split == split for item in self.items)
+
+    def source(self, split: str) -> Path:
+        """Where a split's images are read from: its archive, else the root folder."""
+        return self.archives.get(split, self.root)
+
+    def describe(self) -> str:
+        """The source in words, for reports and messages."""
+        return " + ".join(map(str, self.archives.values())) or str(self.root)
 
 
 def find_root(src: Path) -> Path:
@@ -147,7 +162,11 @@ def find_sources(
     train, loose, irregular = _scan(root / "train", "train")
     if not train:
         tars = [n for n in loose if n.endswith(".tar")]
-        hint = f" (it holds {len(tars)} .tar files: extract each to train/<wnid>/)" if tars else ""
+        hint = (
+            f" (it holds {len(tars)} .tar files: give prepare the downloaded "
+            "ILSVRC2012_img_train.tar itself, read in place, or extract each to train/<wnid>/)"
+        )
+        hint = hint if tars else ""
         raise UserError(f"{root / 'train'} has no class folders{hint}")
     classes = sorted(train)
     inventory = Inventory(root=root, classes=classes, items=[], irregular=irregular)
@@ -188,7 +207,7 @@ def _name_classes(inventory: Inventory, src: Path, words_path: Path | None) -> N
 def _flat_val(
     inventory: Inventory, src: Path, val_dir: Path, files: list[str], paths: tuple[Path | None, ...]
 ) -> dict[str, list[str]]:
-    """Label a flat validation folder from a label file; fills ``unknown`` and ``val_source``."""
+    """Label a flat validation folder from label files given or found beside it."""
     val_labels, id_map_path, class_list_path = paths
     folders = [src, inventory.root, val_dir, src / "devkit" / "data"]
     folders += sorted(src.glob("*devkit*/data"))
@@ -200,9 +219,9 @@ def _flat_val(
             "map_clsloc.txt), Kaggle's LOC_val_solution.csv or Caffe's val.txt"
         )
     labels = read_label_file(Path(label_path))
-    inventory.label_files.append(labels.path)
+    used = [labels.path]
     id_map: dict[int, str] | None = None
-    class_list = inventory.classes
+    class_list: list[str] | None = None
     if labels.kind == "devkit":
         map_path = id_map_path or _discover(folders, ID_MAP_PATTERNS)
         if map_path is None:
@@ -211,27 +230,48 @@ def _flat_val(
                 "the ID->wnid table with --id-map (map_clsloc.txt: `wnid ID name` per line)"
             )
         id_map = read_id_map(Path(map_path))
-        inventory.label_files.append(Path(map_path))
+        used.append(Path(map_path))
     elif labels.kind == "caffe":
         list_path = class_list_path or _discover(folders, CLASS_LIST_PATTERNS)
         if list_path is not None:
             class_list = read_class_list(Path(list_path))
-            inventory.label_files.append(Path(list_path))
-        top = max(int(v) for v in labels.by_stem.values())
-        if list_path is None and top + 1 != len(class_list):
-            raise UserError(
-                f"{labels.path} uses class indices up to {top} but train/ has {len(class_list)} "
-                "classes: pass the class order it refers to with --class-list synset_words.txt"
-            )
-    kinds = {"devkit": "devkit IDs", "kaggle": "Kaggle CSV", "caffe": "Caffe val.txt"}
-    used = " + ".join(p.name for p in inventory.label_files)
-    inventory.val_source = f"{kinds.get(labels.kind, 'one wnid per line')} ({used})"
-    here = {p.name for p in inventory.label_files if p.resolve().parent == val_dir.resolve()}
+            used.append(Path(list_path))
+    here = {p.name for p in used if p.resolve().parent == val_dir.resolve()}
     files = [n for n in files if n not in here]  # label files kept inside val/ are no images
-    wnids = flat_labels(files, labels, id_map, class_list)
+    return label_flat(inventory, files, val_dir.name, labels, id_map, class_list, used)
+
+
+def label_flat(
+    inventory: Inventory,
+    files: list[str],
+    folder: str,
+    labels: LabelFile,
+    id_map: dict[int, str] | None,
+    class_list: list[str] | None,
+    used: list[Path],
+) -> dict[str, list[str]]:
+    """Sort the files of a flat validation folder (or archive) into the classes.
+
+    Fills ``unknown``, ``label_files`` and ``val_source`` of ``inventory``; ``class_list`` is the
+    order of Caffe val.txt indices (None: the sorted classes), ``used`` the files the labels
+    came from. Returns class -> ``folder/name`` of its files.
+    """
+    if labels.kind == "caffe" and class_list is None:
+        top = max(int(v) for v in labels.by_stem.values())
+        if top + 1 != len(inventory.classes):
+            raise UserError(
+                f"{labels.path} uses class indices up to {top} but there are "
+                f"{len(inventory.classes)} training classes: pass the class order it refers to "
+                "with --class-list synset_words.txt"
+            )
+    inventory.label_files += used
+    kinds = {"devkit": "devkit IDs", "kaggle": "Kaggle CSV", "caffe": "Caffe val.txt"}
+    names = " + ".join(p.name for p in used)
+    inventory.val_source = f"{kinds.get(labels.kind, 'one wnid per line')} ({names})"
+    wnids = flat_labels(files, labels, id_map, class_list or inventory.classes)
     by_class: dict[str, list[str]] = {c: [] for c in inventory.classes}
     for name, wnid in wnids.items():
-        rel = f"{val_dir.name}/{name}"
+        rel = f"{folder}/{name}"
         if wnid is None:
             inventory.unknown.append(f"{rel}: no label in {labels.path.name}")
         elif wnid not in by_class:
