@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet import paper
+from alexnet.data.check import check_data
 from alexnet.data.images import Storage
 from alexnet.data.labels import WNID
 from alexnet.data.pack import pack
@@ -30,6 +31,8 @@ EXAMPLES = """examples:
   python -m alexnet.prepare /data/imagenet data/ilsvrc2012 --class-words synset_words.txt
   python -m alexnet.prepare ../shared/data/scene15 data/scene15 --limit-per-class 20
   python -m alexnet.synthetic data/syn-src && python -m alexnet.prepare data/syn-src data/syn
+  python -m alexnet.prepare --check data/ilsvrc2012
+      verify every record's checksum; names each bad one (exit 1 if any)
 
 Re-running the same command resumes an interrupted preparation. The output folder is ready
 when it holds meta.json; report.json lists converted, skipped and missing files."""
@@ -43,8 +46,19 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("source", type=Path, help="folder with train/<class>/ and val/ (or test/)")
-    p.add_argument("out", type=Path, help="output folder (created; resumed if unfinished)")
+    p.add_argument(
+        "source", type=Path, nargs="?", help="folder with train/<class>/ and val/ (or test/)"
+    )
+    p.add_argument(
+        "out", type=Path, nargs="?", help="output folder (created; resumed if unfinished)"
+    )
+    p.add_argument(
+        "--check",
+        type=Path,
+        metavar="DATA",
+        help="instead: verify every record of the prepared set DATA against its checksum, on "
+        "--workers processes; names each bad one; exit 1 if any is",
+    )
     _add_label_arguments(p)
     _add_storage_arguments(p)
     return p
@@ -129,7 +143,12 @@ def _add_storage_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.check is not None:
+        return report_user_errors(lambda: check_data(args.check, args.workers))
+    if args.source is None or args.out is None:
+        parser.error("give SOURCE and OUT (or --check DATA)")
     return report_user_errors(lambda: _run(args))
 
 
