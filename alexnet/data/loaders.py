@@ -20,7 +20,8 @@ Two ways to make a batch (``data.loader``), with identical results for the same 
   finishes on the device. With ``device="cpu"`` the same code decodes on the CPU.
 
 Both count the images delivered and the seconds the consumer waited (``pop_timing``); what
-they share lives in ``loader_base.py``.
+they share lives in ``loader_base.py``. Both read each record checked (its CRC-32, a decoder
+warning as an error) and handle a corrupt one as ``data.on_corrupt`` says (``sampling.py``).
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class TrainLoader(LoaderBase):
             lighting_constants=augment.lighting_constants,
             channel_order=data.channel_order,
         )
-        self._dataset = TrainSteps(split, self.order, self.size)
+        self._dataset = TrainSteps(split, self.order, self.size, self.verify, self.skip)
 
     @property
     def steps(self) -> int:
@@ -111,19 +112,21 @@ class TrainLoader(LoaderBase):
         return self._timed(self._worker_batches([(epoch, t) for t in steps]))
 
     def _worker_batches(self, keys: list[tuple[int, int]]) -> Iterator[Batch]:
-        for crops, labels, *params in self._worker_items(keys):
+        for crops, labels, *params in self._train_items(self._worker_items(keys)):
             x = N.finish(self._to_device(crops), T.AugmentParams(*params), self.norm)
             yield x, self._to_device(labels)
 
     def _decoded_batches(self, epoch: int, steps: range) -> Iterator[Batch]:
         def read(step: int) -> tuple:
             idx = self.order.indices(epoch, step).tolist()
-            return *self._read(idx), self.order.params(epoch, step)
+            stand_in = self.order.stand_in(epoch, step) if self.skip else None
+            return *self._read(idx, stand_in), stand_in, self.order.params(epoch, step)
 
-        for data, labels, p in self._read_ahead(list(steps), read):
-            images = self._decode(data)
+        for found, data, used, stand_in, p in self._read_ahead(list(steps), read):
+            self._take(found, training=True)
+            images, used = self._decode_checked(data, used, True, stand_in)
             crops = T.crop_flip(images, p.top, p.left, p.flip, self.size, p.height, p.width)
-            yield N.finish(crops, p, self.norm), self._to_device(labels)
+            yield N.finish(crops, p, self.norm), self._to_device(self.split.labels[used])
 
 
 class EvalLoader(LoaderBase):
@@ -132,6 +135,8 @@ class EvalLoader(LoaderBase):
     Rank r of w reads images [r*N//w, (r+1)*N//w) in order, so the ranks together see every
     image exactly once (no padding). ``views`` = 1 (centre crop) or 10 (§4.1's ten patches in
     ``TenCrop`` order); the mean image is subtracted at each view's position; no lighting.
+    A corrupt record is left out of its batch, named in the log and listed in ``unscored``
+    (the last pass's); ``training.engine.evaluate`` counts them or stops (``data.on_corrupt``).
     """
 
     def __init__(
@@ -155,18 +160,19 @@ class EvalLoader(LoaderBase):
         self.norm = N.build_normalizer(
             stats, data.normalize, self.size, self.device, channel_order=data.channel_order
         )
-        self._dataset = EvalBatches(split, self.batches)
+        self._dataset = EvalBatches(split, self.batches, self.verify)
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __iter__(self) -> Iterator[Batch]:
+        self.unscored = []  # the images this pass leaves out (corrupt records), once it ends
         if self.cfg.loader == "gpu":
-            read = self._read_ahead(self.batches, lambda r: self._read(list(r)))
-            source = ((self._decode(data), labels) for data, labels in read)
+            source = self._eval_decoded(
+                self._read_ahead(self.batches, lambda r: self._read(list(r)))
+            )
         else:
-            items = self._worker_items(list(range(len(self.batches))))
-            source = ((self._to_device(x), y) for x, y in items)
+            source = self._eval_items(self._worker_items(list(range(len(self.batches)))))
         return self._timed(self._finish(images, labels) for images, labels in source)
 
     def _finish(self, images: torch.Tensor | list[torch.Tensor], labels: torch.Tensor) -> Batch:
