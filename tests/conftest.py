@@ -8,6 +8,9 @@ imports another.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,6 +67,29 @@ def train_argv(data: Path, run: Path, *extra: str) -> list[str]:
     for s in tiny_overrides(data, run, *extra):
         out += ["--set", s]
     return out
+
+
+def torchrun(*args: str) -> list[str]:
+    """The command line of ``torchrun --standalone --nproc_per_node=2 ARGS`` (2 processes)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *args,
+    ]
+
+
+def torchrun_env() -> dict[str, str]:
+    """The environment of a ``torchrun`` test: this checkout, one thread a process, and the
+    workers' own store each attempt (torch 2.14's shared one breaks restarts, README)."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+    }
 
 
 def metric_rows(run: Path, kind: str) -> list[dict]:
@@ -130,3 +156,17 @@ def tiny_run(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     figures = ("run.tensorboard_predictions=8", "run.tensorboard_embedding=256")
     assert train(tiny_config(prepared_tiny, run, *figures), progress=False) == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_ddp_run(
+    prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """One epoch of the tiny run under DDP: 2 processes started by ``torchrun`` on the CPU
+    (gloo), evaluation batches of 3; the run folder and the finished launch. Read-only."""
+    run = tmp_path_factory.mktemp("tiny_ddp_run") / "run"
+    extra = ("parallel.mode=ddp", "train.epochs=1", "train.checkpoint_every=0", "eval.batch_size=3")
+    cmd = torchrun("-m", "alexnet.train", *train_argv(prepared_tiny, run, *extra))
+    done = subprocess.run(cmd, cwd=ROOT, env=torchrun_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return run, done

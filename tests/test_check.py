@@ -78,7 +78,7 @@ def test_check_names_every_damaged_record_and_its_source(
     changed = {
         (split, i)
         for split in after
-        for i, (a, b) in enumerate(zip(before[split], after[split]))
+        for i, (a, b) in enumerate(zip(before[split], after[split], strict=True))
         if a != b
     }
     assert len(changed) >= 3
@@ -151,7 +151,7 @@ def with_extra_bytes(root: Path, split_name: str, i: int, extra: bytes) -> bytes
     assert records[k].endswith(b"\xff\xd9")
     records[k] = records[k][:-2] + extra + b"\xff\xd9"
     offset = 0
-    for r, data in zip(rows, records):
+    for r, data in zip(rows, records, strict=True):
         index[r, 1:3] = offset, len(data)
         index[r, 4] = zlib.crc32(data)
         offset += len(data)

@@ -22,8 +22,9 @@ from alexnet.errors import UserError
 from alexnet.inference.weights import Weights
 from alexnet.log import RunLog, environment, info
 from alexnet.model import build_model
+from alexnet.training import agree, finetune
 from alexnet.training import checkpoint as ckpt
-from alexnet.training import finetune
+from alexnet.training.engine import NonFiniteWeights
 from alexnet.training.optim import LRSchedule, build_optimizer
 
 
@@ -74,36 +75,83 @@ class Session:
     log: RunLog
     pos: Position
     progress: bool = True
+    # checkpoint name -> (epoch, step, global step) of its last save (or of the resumed state)
+    saved: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def save(self, name: str, weights: dict[str, torch.Tensor] | None = None) -> None:
-        """A checkpoint of everything needed to resume, as ``run.dir/name`` (rank 0 writes)."""
+        """A checkpoint of everything needed to resume, as ``run.dir/name`` (rank 0 writes;
+        every rank learns how it went).
+
+        Raises:
+            NonFiniteWeights: the weights hold NaN or infinity; nothing was written.
+            UserError: the file could not be written (a full disk); the previous one is intact.
+        """
         rngs = _gather_rng(self.rt)
-        if not self.rt.is_main:
-            return
-        if weights is None:
-            weights = runtime_lib.canonical_state_dict(self.module)
+        problem = None
+        if self.rt.is_main:
+            if weights is None:
+                weights = runtime_lib.canonical_state_dict(self.module)
+            problem = self._write(name, weights, rngs)
+        problem = agree.from_rank0(self.rt, problem)
+        pos = self.pos
+        if problem is None:
+            self.saved[name] = (pos.epoch, pos.step, pos.global_step)
+        elif problem[0] == "weights":
+            raise NonFiniteWeights(
+                pos.global_step, problem[1], self.optimizer.param_groups[0]["lr"]
+            )
+        else:
+            previous = self.last_good(name)
+            kept = f"the previous {previous} is intact" if previous else f"no {name} yet"
+            raise UserError(
+                f"{problem[1]}; {kept}; the run stopped: free some space, then continue it "
+                "with --resume auto"
+            )
+
+    def last_good(self, name: str = ckpt.LAST) -> str | None:
+        """The checkpoint ``name`` this run last wrote (or resumed from), with its position, in
+        words; None if there is none."""
+        if name not in self.saved:
+            return None
+        epoch, step, global_step = self.saved[name]
+        return f"{self.cfg.run.dir / name} (epoch {epoch}, step {step}, global step {global_step})"
+
+    def _write(
+        self, name: str, weights: dict[str, torch.Tensor], rngs: list[dict[str, Any]]
+    ) -> tuple[str, Any] | None:
+        """Write the checkpoint; returns what went wrong, if anything (rank 0)."""
+        bad = [k for k, v in weights.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            return ("weights", bad)
+        path = self.cfg.run.dir / name
+        try:
+            ckpt.save_checkpoint(path, self._payload(weights, rngs))
+        except OSError as err:  # atomic: the previous file is still there, untouched
+            return ("write", f"could not write {path}: {err.strerror or err}")
+        return None
+
+    def _payload(
+        self, weights: dict[str, torch.Tensor], rngs: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         pos, cfg = self.pos, self.cfg
-        ckpt.save_checkpoint(
-            cfg.run.dir / name,
-            {
-                "config": to_dict(cfg),
-                "model": weights,
-                "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(),
-                "epoch": pos.epoch,
-                "step": pos.step,
-                "global_step": pos.global_step,
-                "best": pos.best,
-                "rng": rngs,
-                "history": pos.history,
-                "parallel_mode": self.rt.mode,
-                "layout": _layout(cfg),
-                "world_size": self.rt.world_size,
-                "data_stats": _stats_payload(self.data.stats),
-                "classes": self.data.classes,
-                "class_names": self.data.val.split.class_names,  # in words, for figures
-            },
-        )
+        return {
+            "config": to_dict(cfg),
+            "model": weights,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "epoch": pos.epoch,
+            "step": pos.step,
+            "global_step": pos.global_step,
+            "best": pos.best,
+            "rng": rngs,
+            "history": pos.history,
+            "parallel_mode": self.rt.mode,
+            "layout": _layout(cfg),
+            "world_size": self.rt.world_size,
+            "data_stats": _stats_payload(self.data.stats),
+            "classes": self.data.classes,
+            "class_names": self.data.val.split.class_names,  # in words, for figures
+        }
 
 
 def prepare_run_dir(cfg: Config, rt: runtime_lib.Runtime) -> None:
@@ -164,7 +212,10 @@ def build_session(
         pos.history = list(state.get("history", []))
         ckpt.set_rng_state(state["rng"][rt.rank])
     log = RunLog(cfg.run.dir, enabled=rt.is_main, tensorboard=cfg.run.tensorboard)
-    return Session(cfg, rt, module, optimizer, schedule, data, log, pos, progress)
+    s = Session(cfg, rt, module, optimizer, schedule, data, log, pos, progress)
+    if state is not None:
+        s.saved[ckpt.LAST] = (pos.epoch, pos.step, pos.global_step)
+    return s
 
 
 def resume_path(arg: str | Path | None, run_dir: Path) -> Path | None:
