@@ -11,8 +11,10 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,6 +118,30 @@ def assert_close_to_f64(actual: torch.Tensor, expected: torch.Tensor, ulps: floa
     scale = expected.abs().max().item()
     err = (actual.double() - expected.double()).abs().max().item()
     assert err <= ulps * F32_EPS * scale, f"error {err:.3g} > {ulps} ulps of {scale:.3g}"
+
+
+def insert_before_eoi(root: Path, split_name: str, i: int, extra: bytes) -> bytes:
+    """Rewrite record ``i``'s shard with ``extra`` inserted before the record's final marker
+    (the EOI), and the index to match, CRC-32 included: a record that was bad when stored
+    (libjpeg decodes it with a warning). Returns the record's new bytes."""
+    from alexnet.data.packed import PackedSplit
+
+    split = PackedSplit(root, split_name)
+    index = split.index.copy()
+    shard = int(index[i, 0])
+    rows = np.flatnonzero(index[:, 0] == shard)
+    records = [bytes(split.raw(int(r)).numpy()) for r in rows]
+    k = int(np.searchsorted(rows, i))
+    assert records[k].endswith(b"\xff\xd9")
+    records[k] = records[k][:-2] + extra + b"\xff\xd9"
+    offset = 0
+    for r, data in zip(rows, records, strict=True):
+        index[r, 1:3] = offset, len(data)
+        index[r, 4] = zlib.crc32(data)
+        offset += len(data)
+    split.shard_paths[shard].write_bytes(b"".join(records))
+    np.save(root / split_name / "index.npy", index)
+    return records[k]
 
 
 # --- fixtures -----------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from alexnet import prepare
 from alexnet.data.packed import PackedSplit
 from alexnet.data.records import CorruptRecord
 
+from conftest import insert_before_eoi
+
 BAD_LINE = re.compile(
     r"bad: corrupt record in split '(\w+)': shard (\S+), record (\d+) \(index (\d+)\), "
     r"source (\S+): (.+)"
@@ -139,32 +141,11 @@ def test_the_checked_read_names_a_record_whose_bytes_changed(
     assert not torch.equal(decode_jpeg(split.raw(13)), good)  # the damage shows, unchecked
 
 
-def with_extra_bytes(root: Path, split_name: str, i: int, extra: bytes) -> bytes:
-    """Rewrite record ``i``'s shard with ``extra`` inserted before the record's final marker
-    (the EOI), and the index to match, CRC-32 included: a record that was bad when stored."""
-    split = PackedSplit(root, split_name)
-    index = split.index.copy()
-    shard = int(index[i, 0])
-    rows = np.flatnonzero(index[:, 0] == shard)
-    records = [bytes(split.raw(int(r)).numpy()) for r in rows]
-    k = int(np.searchsorted(rows, i))
-    assert records[k].endswith(b"\xff\xd9")
-    records[k] = records[k][:-2] + extra + b"\xff\xd9"
-    offset = 0
-    for r, data in zip(rows, records, strict=True):
-        index[r, 1:3] = offset, len(data)
-        index[r, 4] = zlib.crc32(data)
-        offset += len(data)
-    split.shard_paths[shard].write_bytes(b"".join(records))
-    np.save(root / split_name / "index.npy", index)
-    return records[k]
-
-
 def test_a_jpeg_that_decodes_with_a_warning_is_named_as_corrupt(
     prepared_tiny: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     root = copy_set(prepared_tiny, tmp_path)
-    data = with_extra_bytes(root, "val", 6, b"\x00" * 17)
+    data = insert_before_eoi(root, "val", 6, b"\x00" * 17)
     capfd.readouterr()
     plain = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), ImageReadMode.RGB)
     assert plain.shape == (3, 256, 256)  # torchvision returns pixels: no exception, no warning

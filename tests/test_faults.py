@@ -34,7 +34,15 @@ from alexnet.training.checkpoint import load_checkpoint
 from alexnet.training.engine import evaluate, predict
 from alexnet.training.loop import run as train_run
 
-from conftest import ROOT, metric_rows, tiny_config, torchrun, torchrun_env, train_argv
+from conftest import (
+    ROOT,
+    insert_before_eoi,
+    metric_rows,
+    tiny_config,
+    torchrun,
+    torchrun_env,
+    train_argv,
+)
 
 BATCH, STEPS = 8, 3  # the tiny run's
 BAD_VAL = 6  # the validation record damaged in ``damaged``
@@ -130,6 +138,34 @@ def test_stop_raises_when_the_batch_with_the_corrupt_record_comes(
         loader.close()
         assert caught.value.bad.index == bad and len(got) == step
         assert all(torch.equal(a[0], b[0]) for a, b in zip(got, ref[:step], strict=True))
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_a_record_that_decodes_with_a_warning_is_handled_alike_on_both_paths(
+    prepared_tiny: Path, tmp_path: Path, policy: str
+) -> None:
+    """Its checksum matches (it was stored so): the gpu path's batched decode warns, and only
+    decoding each record alone finds which; the cpu path's workers decode one by one."""
+    root = tmp_path / "prepared"
+    shutil.copytree(prepared_tiny, root)
+    clean = train_loader(prepared_tiny, workers=0)
+    bad = int(clean.order.indices(0, 1)[5])
+    insert_before_eoi(root, "train", bad, b"\x00" * 17)
+    if policy == "stop":
+        for how in ({"workers": 1}, {"loader": "gpu"}):
+            with pytest.raises(CorruptRecord, match="extraneous bytes before marker 0xd9"):
+                epoch_batches(train_loader(root, **how), 0)
+        return
+    cpu = epoch_batches(train_loader(root, workers=1, on_corrupt="skip"), 0)
+    gpu = epoch_batches(train_loader(root, loader="gpu", on_corrupt="skip"), 0)
+    ref = epoch_batches(clean, 0)
+    stand_in = clean.order.stand_in(0, 1)(5, 0)
+    for t, ((x, y), (gx, gy), (rx, ry)) in enumerate(zip(cpu, gpu, ref, strict=True)):
+        assert torch.equal(x, gx) and torch.equal(y, gy)  # one CPU decoder on both paths
+        same = torch.ones(len(y), dtype=torch.bool)
+        same[5] = t != 1
+        assert torch.equal(x[same], rx[same]) and torch.equal(y[same], ry[same])
+    assert cpu[1][1][5] == clean.split.labels[stand_in]
 
 
 class Colour(nn.Module):

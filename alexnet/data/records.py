@@ -108,7 +108,11 @@ def _c_stderr_caught() -> Iterator[list[str]]:
         sink = _SINK[os.getpid()] = tempfile.TemporaryFile()
     lines: list[str] = []
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 (a daemon): nothing can be written there, nor caught
+        yield lines
+        return
     try:
         os.dup2(sink.fileno(), 2)
         yield lines
