@@ -226,19 +226,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.workers < 0 or args.batch_size < 1 or args.steps < 1 or args.format_images < 1:
-        raise UserError("--workers must be >= 0; --batch-size, --steps, --format-images >= 1")
-    split = packed.PackedSplit(args.data, args.split)
-    print(f"hardware: {hardware()}")
-    print(
-        f"data: {args.data} ({split.split}: {len(split)} images, {split.encoding}); batch "
-        f"{args.batch_size}, {args.steps} timed steps after {WARMUP} warm-up"
-    )
-    print(warm_cache(split.shard_paths, "packed shards"))
-    if args.raw is not None:
-        files = [p for p in Path(args.raw).rglob("*") if p.is_file()]
-        print(warm_cache(files, "ImageFolder tree"))
+def pipelines(args: argparse.Namespace) -> list[tuple[str, int, str, float]]:
+    """(name, workers, where the batches end up, images/s) of each pipeline ``run`` times."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     timed = (args.batch_size, args.steps)
     rows = [
@@ -273,6 +262,23 @@ def run(args: argparse.Namespace) -> int:
                 imagefolder_rate(args.raw, args.workers, *timed),
             )
         )
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 0 or args.batch_size < 1 or args.steps < 1 or args.format_images < 1:
+        raise UserError("--workers must be >= 0; --batch-size, --steps, --format-images >= 1")
+    split = packed.PackedSplit(args.data, args.split)
+    print(f"hardware: {hardware()}")
+    print(
+        f"data: {args.data} ({split.split}: {len(split)} images, {split.encoding}); batch "
+        f"{args.batch_size}, {args.steps} timed steps after {WARMUP} warm-up"
+    )
+    print(warm_cache(split.shard_paths, "packed shards"))
+    if args.raw is not None:
+        files = [p for p in Path(args.raw).rglob("*") if p.is_file()]
+        print(warm_cache(files, "ImageFolder tree"))
+    rows = pipelines(args)
     print(f"{'pipeline':<38} {'workers':>7} {'output on':>9} {'images/s':>10}")
     for name, workers, where, rate in rows:
         print(f"{name:<38} {workers:>7} {where:>9} {rate:>10.1f}")

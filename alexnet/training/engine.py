@@ -106,15 +106,7 @@ def train_one_epoch(
     """
     module.train()
     totals = Accumulator()
-    bar = tqdm(
-        total=span.steps,
-        initial=span.start_step,
-        desc=f"epoch {span.epoch}",
-        unit="step",
-        disable=not (show_progress and rt.is_main),
-        dynamic_ncols=True,
-        leave=False,
-    )
+    bar = _epoch_bar(span, show_progress and rt.is_main)
     report = _Report(span, hooks, bar, optimizer.param_groups[0]["lr"], span.start_step)
     try:
         for images, labels in _agreed(batches, rt):
@@ -150,6 +142,18 @@ def train_one_epoch(
         steps_done=report.done,
         images=report.seen,
         seconds=time.perf_counter() - report.started,
+    )
+
+
+def _epoch_bar(span: EpochSpan, enabled: bool) -> tqdm:
+    return tqdm(
+        total=span.steps,
+        initial=span.start_step,
+        desc=f"epoch {span.epoch}",
+        unit="step",
+        disable=not enabled,
+        dynamic_ncols=True,
+        leave=False,
     )
 
 
