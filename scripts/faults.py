@@ -8,7 +8,8 @@ a random moment and finishes it with ``--resume auto``. A trial is one of:
 - ``single``: the one process is killed; a new process resumes it;
 - ``ddp-rank``: one random rank is killed; torchrun (``--max-restarts=1``) restarts the group,
   which resumes by itself;
-- ``ddp-all``: torchrun and both ranks are killed at once; a new torchrun resumes.
+- ``ddp-all``: torchrun and both ranks are killed at once (the ranks by their own pids: they
+  run in sessions of their own and outlive a killed torchrun); a new torchrun resumes.
 
 Right after the kill every ``*.pt`` in the run folder is loaded (``weights_only=True``); at the
 end the final ``last.pt`` weights are compared with the reference's, tensor by tensor.
@@ -157,8 +158,12 @@ def trial(
         rank = rng.choice(sorted(workers))
         os.kill(workers[rank], signal.SIGKILL)
         killed = f"rank {rank}"
-    else:
+    else:  # torchrun's workers live in sessions of their own: each is killed by name
+        pids = [*ranks(proc.pid).values()] if kind == "ddp" else []
         os.killpg(proc.pid, signal.SIGKILL)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        gone(pids)
         killed = "all"
     mid_write = [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
     unreadable = readable_check(run)
@@ -188,6 +193,19 @@ def ranks(agent: int) -> dict[int, int]:
             return out
         time.sleep(0.05)
     return out
+
+
+def gone(pids: list[int], timeout: float = 30) -> None:
+    """Wait until the killed ``pids`` no longer run (zombies count as gone)."""
+    deadline = time.time() + timeout
+    for pid in pids:
+        while time.time() < deadline:
+            try:
+                if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+                    break
+            except OSError:
+                break
+            time.sleep(0.02)
 
 
 def readable_check(run: Path) -> list[str]:

@@ -12,6 +12,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from alexnet.data.records import CorruptRecord
 from alexnet.data.sampling import TrainOrder
 from alexnet.metrics import Accumulator
 from alexnet.runtime import Placement, Runtime
+from alexnet.training import lock
 from alexnet.training.checkpoint import load_checkpoint
 from alexnet.training.engine import evaluate, predict
 from alexnet.training.loop import run as train_run
@@ -245,6 +247,40 @@ def test_stop_saves_the_steps_done_and_a_skip_resume_ends_as_an_uninterrupted_sk
     events = EventAccumulator(str(ref / "tensorboard"))
     events.Reload()
     assert [e.value for e in events.Scalars("epoch/train_replaced")] == [uses]
+
+
+def test_a_run_folder_in_use_by_another_process_is_refused(
+    prepared_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(  # another process that trains there: it holds the lock
+        [sys.executable, "-c", HOLD_LOCK, str(run)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert train.main(train_argv(prepared_tiny, run)) == 2
+        assert "error: another process is training in" in capsys.readouterr().err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]  # nothing else was touched
+    finally:
+        holder.kill()  # SIGKILL: the kernel drops its lock
+        holder.wait()
+    lock.hold(run)
+    lock.release()
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from alexnet.training import lock
+lock.hold(Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(600)
+"""
 
 
 class FullDisk:

@@ -1,7 +1,7 @@
 """What the processes of a DDP run must decide together, so that one process's trouble stops
 all of them at the same point instead of leaving the others waiting in a collective forever:
 a corrupt record in one rank's batch, a checkpoint that rank 0 could not write, images that
-one rank could not score.
+one rank could not score, a checkpoint the ranks resumed from in different states.
 
 All of it travels over a gloo group on the host (the run's own group when it is gloo, else one
 made for this on first use), so no GPU stream waits. Each function is a no-op for one process
@@ -15,6 +15,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from alexnet.errors import UserError
 from alexnet.runtime import Runtime
 
 _HOST_GROUP: list[Any] = []  # [group] once made (None = the default group, already gloo)
@@ -57,6 +58,21 @@ def from_rank0(rt: Runtime, value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0, group=_group())
     return box[0]
+
+
+def same_start(rt: Runtime, position: tuple[int, int, int], path: object) -> None:
+    """Every rank read its own copy of the checkpoint ``path``; make sure all read the same
+    (epoch, step, global step): a process outside the group writing it could make them differ.
+
+    Raises:
+        UserError: on every rank, if they differ.
+    """
+    first = from_rank0(rt, position)
+    if any_rank(rt, position != first):
+        raise UserError(
+            f"the processes of this run resumed from different states of {path} (rank 0 at "
+            f"epoch {first[0]} step {first[1]}): another process is writing it; stop it first"
+        )
 
 
 def forget() -> None:

@@ -24,7 +24,7 @@ from alexnet.config import Config
 from alexnet.data.records import CorruptRecord
 from alexnet.errors import UserError
 from alexnet.log import info
-from alexnet.training import agree, board, finetune, session
+from alexnet.training import agree, board, finetune, lock, session
 from alexnet.training import checkpoint as ckpt
 from alexnet.training.engine import (
     EpochResult,
@@ -53,6 +53,7 @@ def run(cfg: Config, resume: str | Path | None = None, progress: bool = True) ->
     try:
         return _run(cfg, resume, progress)
     finally:
+        lock.release()
         runtime_lib.teardown()
         agree.forget()
 
@@ -70,6 +71,7 @@ def _run(cfg: Config, resume: str | Path | None, progress: bool) -> int:
     data = session.build_data(cfg, rt)
     s = session.build_session(cfg, rt, data, state, progress, source)
     if state is not None:
+        agree.same_start(rt, (s.pos.epoch, s.pos.step, s.pos.global_step), path)
         info(f"resumed from {path}: epoch {s.pos.epoch}, step {s.pos.step}", rt.is_main)
     _announce(s)
     _check_restarts(rt.is_main)

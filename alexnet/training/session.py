@@ -22,7 +22,7 @@ from alexnet.errors import UserError
 from alexnet.inference.weights import Weights
 from alexnet.log import RunLog, environment, info
 from alexnet.model import build_model
-from alexnet.training import agree, finetune
+from alexnet.training import agree, finetune, lock
 from alexnet.training import checkpoint as ckpt
 from alexnet.training.engine import NonFiniteWeights
 from alexnet.training.optim import LRSchedule, build_optimizer
@@ -155,11 +155,13 @@ class Session:
 
 
 def prepare_run_dir(cfg: Config, rt: runtime_lib.Runtime) -> None:
-    """Create the run folder, write the resolved config and environment, clear killed saves."""
+    """Create the run folder and take its lock (rank 0), write the resolved config and
+    environment, clear killed saves."""
     with runtime_lib.main_process_first(rt):
         if rt.is_main:
             run_dir = cfg.run.dir
             run_dir.mkdir(parents=True, exist_ok=True)
+            lock.hold(run_dir)  # before anything in it is touched
             for stale in atomic.remove_temp_files(run_dir):
                 info(f"removed {stale.name}, left by an interrupted save")
             atomic.write_text(run_dir / "config.yaml", dump_yaml(cfg))
