@@ -400,3 +400,20 @@ def test_ddp_survives_sigkilled_ranks_and_ends_bit_identical(
     assert sorted(p.name for p in pids.iterdir()) == [f"{a}-{r}" for a in "012" for r in "01"]
     want, got = load_checkpoint(ref / "last.pt")["model"], load_checkpoint(run / "last.pt")["model"]
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_torchrun_restarts_sharing_one_store_are_warned_about(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from alexnet.training.loop import _check_restarts
+
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "3")
+    for shared, warned in (("True", True), ("False", False)):  # what torchrun tells its workers
+        monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", shared)
+        _check_restarts(is_main=True)
+        err = capsys.readouterr().err
+        assert ("TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in err) == warned, err
+    monkeypatch.setenv("TORCHELASTIC_MAX_RESTARTS", "0")
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    _check_restarts(is_main=True)
+    assert capsys.readouterr().err == ""
