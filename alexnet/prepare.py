@@ -3,6 +3,7 @@
 SOURCE is a folder of images, or the ILSVRC-2012 downloads (read in place, nothing extracted).
 The work is done by ``alexnet.data.preparation``; this module is its command line: arguments,
 checks, and a short summary with warnings for anything that needs attention.
+``--check DATA`` instead verifies every record of a prepared set (``alexnet.data.check``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from alexnet.data.check import check_data
 from alexnet.data.images import Storage
 from alexnet.data.preparation import Request, prepare
 from alexnet.errors import UserError, report_user_errors
@@ -33,6 +35,8 @@ EXAMPLES = """examples:
   python -m alexnet.prepare /data/imagenet data/ilsvrc2012 --class-words synset_words.txt
   python -m alexnet.prepare ../shared/data/scene15 data/scene15 --limit-per-class 20
   python -m alexnet.synthetic data/syn-src && python -m alexnet.prepare data/syn-src data/syn
+  python -m alexnet.prepare --check data/ilsvrc2012
+      verify every record's checksum; names each bad one (exit 1 if any)
 
 Re-running the same command resumes an interrupted preparation. The output folder is ready
 when it holds meta.json; report.json lists converted, skipped and missing files."""
@@ -41,7 +45,7 @@ when it holds meta.json; report.json lists converted, skipped and missing files.
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m alexnet.prepare",
-        usage="%(prog)s [options] SOURCE [SOURCE ...] OUT",
+        usage="%(prog)s [options] SOURCE [SOURCE ...] OUT\n       %(prog)s --check DATA",
         description="Resize raw images once to 256x256 (shorter side to 256, central crop, "
         "paper §2) and pack them into shards with an index, the mean image and the RGB "
         "covariance.",
@@ -62,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--verify",
         action="store_true",
         help="first compare the downloads' MD5 sums with the published ones",
+    )
+    p.add_argument(
+        "--check",
+        type=Path,
+        metavar="DATA",
+        help="instead: verify every record of the prepared set DATA against its checksum, on "
+        "--workers processes; names each bad one; exit 1 if any is",
     )
     _add_label_arguments(p)
     _add_storage_arguments(p)
@@ -149,6 +160,10 @@ def _add_storage_arguments(p: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.check is not None:
+        if args.paths:
+            parser.error("--check DATA takes no SOURCE or OUT")
+        return report_user_errors(lambda: check_data(args.check, args.workers))
     if len(args.paths) < 2:
         parser.error("give the source(s) and the output folder: SOURCE [SOURCE ...] OUT")
     return report_user_errors(lambda: _run(args))

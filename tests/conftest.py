@@ -8,8 +8,13 @@ imports another.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,6 +71,29 @@ def train_argv(data: Path, run: Path, *extra: str) -> list[str]:
     return out
 
 
+def torchrun(*args: str) -> list[str]:
+    """The command line of ``torchrun --standalone --nproc_per_node=2 ARGS`` (2 processes)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        *args,
+    ]
+
+
+def torchrun_env() -> dict[str, str]:
+    """The environment of a ``torchrun`` test: this checkout, one thread a process, and the
+    workers' own store each attempt (torch 2.14's shared one breaks restarts, README)."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
+    }
+
+
 def metric_rows(run: Path, kind: str) -> list[dict]:
     """The rows of ``run/metrics.jsonl`` of one kind ("train" or "epoch")."""
     lines = (run / "metrics.jsonl").read_text().splitlines()
@@ -90,6 +118,30 @@ def assert_close_to_f64(actual: torch.Tensor, expected: torch.Tensor, ulps: floa
     scale = expected.abs().max().item()
     err = (actual.double() - expected.double()).abs().max().item()
     assert err <= ulps * F32_EPS * scale, f"error {err:.3g} > {ulps} ulps of {scale:.3g}"
+
+
+def insert_before_eoi(root: Path, split_name: str, i: int, extra: bytes) -> bytes:
+    """Rewrite record ``i``'s shard with ``extra`` inserted before the record's final marker
+    (the EOI), and the index to match, CRC-32 included: a record that was bad when stored
+    (libjpeg decodes it with a warning). Returns the record's new bytes."""
+    from alexnet.data.packed import PackedSplit
+
+    split = PackedSplit(root, split_name)
+    index = split.index.copy()
+    shard = int(index[i, 0])
+    rows = np.flatnonzero(index[:, 0] == shard)
+    records = [bytes(split.raw(int(r)).numpy()) for r in rows]
+    k = int(np.searchsorted(rows, i))
+    assert records[k].endswith(b"\xff\xd9")
+    records[k] = records[k][:-2] + extra + b"\xff\xd9"
+    offset = 0
+    for r, data in zip(rows, records, strict=True):
+        index[r, 1:3] = offset, len(data)
+        index[r, 4] = zlib.crc32(data)
+        offset += len(data)
+    split.shard_paths[shard].write_bytes(b"".join(records))
+    np.save(root / split_name / "index.npy", index)
+    return records[k]
 
 
 # --- fixtures -----------------------------------------------------------------------------------
@@ -130,3 +182,17 @@ def tiny_run(prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     figures = ("run.tensorboard_predictions=8", "run.tensorboard_embedding=256")
     assert train(tiny_config(prepared_tiny, run, *figures), progress=False) == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_ddp_run(
+    prepared_tiny: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """One epoch of the tiny run under DDP: 2 processes started by ``torchrun`` on the CPU
+    (gloo), evaluation batches of 3; the run folder and the finished launch. Read-only."""
+    run = tmp_path_factory.mktemp("tiny_ddp_run") / "run"
+    extra = ("parallel.mode=ddp", "train.epochs=1", "train.checkpoint_every=0", "eval.batch_size=3")
+    cmd = torchrun("-m", "alexnet.train", *train_argv(prepared_tiny, run, *extra))
+    done = subprocess.run(cmd, cwd=ROOT, env=torchrun_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return run, done

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import replace
 from pathlib import Path
@@ -275,9 +276,15 @@ def test_bench_data_prints_every_pipeline(roots: dict[str, Path], tmp_path: Path
     assert bench.main([*args, "--raw", str(tmp_path / "raw")]) == 0
     out = capsys.readouterr().out
     assert "CPUs" in out and "torch" in out
-    for name in ("packed, cpu loader", "ImageFolder + PIL", "jpeg ", "raw "):
+    loaders = ("packed, cpu loader", "packed, cpu loader, checksums off")
+    for name in (*loaders, "ImageFolder + PIL (original JPEGs)"):
+        line = next(ln for ln in out.splitlines() if ln[:38].rstrip() == name)  # a table row
+        assert float(line.split()[-1]) > 0
+    for name in ("jpeg ", "raw "):
         line = next(ln for ln in out.splitlines() if ln.startswith(name))
         assert float(line.split()[-1]) > 0
+    found = re.search(r"checksums: CRC-32 ([\d.]+) us per record .+, decoding it ([\d.]+) us", out)
+    assert found and 0 < float(found[1]) < float(found[2])  # a checksum costs less than a decode
     assert bench.main([*args, "--raw", str(tmp_path / "missing")]) == 2
     assert "error:" in capsys.readouterr().err
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from alexnet import train
 from alexnet.training.checkpoint import load_checkpoint
 from alexnet.training.loop import run as train_run
 
-from conftest import ROOT, metric_rows, tiny_config, train_argv
+from conftest import ROOT, metric_rows, tiny_config, torchrun, torchrun_env, train_argv
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
@@ -204,17 +205,29 @@ def test_tensorboard_events_hold_scalars_and_kernels(tiny_run: Path) -> None:
     assert image.width > 11 * 8 and image.height > 11 * 8  # 96 kernels of 11x11 in a grid
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+def test_non_finite_loss_stops_with_the_step_the_lr_and_the_last_good_checkpoint(
     prepared_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = tmp_path / "run"
     assert train.main(train_argv(prepared_tiny, run, "optim.lr=1e12")) == 2
     err = capsys.readouterr().err
-    assert "error: loss became" in err and "at step" in err and "last.pt" in err
-    bad_step = int(err.split("at step ")[1].split(";")[0])
-    state = load_checkpoint(run / "last.pt")
-    assert state["global_step"] <= bad_step
+    found = re.search(
+        r"error: loss became (nan|inf|-inf) at step (\d+) \(lr 1e\+12\); stopped: the last "
+        r"good checkpoint is (\S+) \(epoch 0, step (\d+), global step (\d+)\)",
+        err,
+    )
+    assert found and len(err.strip().splitlines()) == 2, err  # the run's first line, the error
+    bad_step, path, step = int(found[2]), Path(found[3]), int(found[5])
+    state = load_checkpoint(path)
+    assert path == run / "last.pt" and state["global_step"] == step <= bad_step
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+    # without a checkpoint yet, it says so instead of naming one that is not there
+    run = tmp_path / "early"
+    assert (
+        train.main(train_argv(prepared_tiny, run, "optim.lr=1e12", "train.checkpoint_every=0")) == 2
+    )
+    err = capsys.readouterr().err
+    assert "stopped: no checkpoint was written yet" in err and not (run / "last.pt").exists()
 
 
 def test_a_loss_stuck_at_ln_classes_is_warned_about(
@@ -236,34 +249,25 @@ def test_a_loss_stuck_at_ln_classes_is_warned_about(
 @pytest.mark.slow
 @pytest.mark.parametrize("towers", [False, True], ids=["grouped", "two_device_per_process"])
 def test_ddp_with_torchrun_on_cpu_evaluates_every_image_once(
-    prepared_tiny: Path, tmp_path: Path, towers: bool
+    prepared_tiny: Path, tmp_path: Path, towers: bool, request: pytest.FixtureRequest
 ) -> None:
-    run = tmp_path / "run"
-    extra = (
-        ("parallel.two_device_per_process=true", "parallel.devices=[cpu, cpu]") if towers else ()
-    )
-    args = train_argv(
-        prepared_tiny,
-        run,
-        "parallel.mode=ddp",
-        "train.epochs=1",
-        "train.checkpoint_every=0",
-        "eval.batch_size=3",
-        *extra,
-    )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "alexnet.train",
-        *args,
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stdout + out.stderr
+    if towers:
+        run = tmp_path / "run"
+        args = train_argv(
+            prepared_tiny,
+            run,
+            "parallel.mode=ddp",
+            "train.epochs=1",
+            "train.checkpoint_every=0",
+            "eval.batch_size=3",
+            "parallel.two_device_per_process=true",
+            "parallel.devices=[cpu, cpu]",
+        )
+        cmd = torchrun("-m", "alexnet.train", *args)
+        out = subprocess.run(cmd, cwd=ROOT, env=torchrun_env(), capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+    else:  # the launch other tests compare with (conftest)
+        run, out = request.getfixturevalue("tiny_ddp_run")
     assert "2 process(es) x 4 images = batch 8" in out.stderr
     (epoch,) = metric_rows(run, "epoch")
     assert epoch["val_images"] == 16

@@ -43,14 +43,17 @@ def _rate(batches: Iterator, steps: int, label: str, sync: Callable[[], None]) -
     return images / (time.perf_counter() - start)
 
 
-def loader_rate(root: Path, split: str, loader: str, workers: int, batch: int, steps: int) -> float:
-    """Images/s of ``TrainLoader`` (paper augmentation and normalisation) on the best device.
+def loader_rate(
+    root: Path, split: str, loader: str, workers: int, batch: int, steps: int, verify: bool = True
+) -> float:
+    """Images/s of ``TrainLoader`` (paper augmentation and normalisation) on the best device,
+    checking each record's CRC-32 or not (``verify``).
 
     Without a GPU the main process finishes batches on the CPU; it then gets the cores the
     workers leave (OpenMP threads competing with busy workers make it several times slower).
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfg = DataConfig(root=root, loader=loader, workers=workers)
+    cfg = DataConfig(root=root, loader=loader, workers=workers, verify_checksums=verify)
     train = TrainConfig(batch_size=batch, seed=0, steps_per_epoch=WARMUP + steps)
     split_data, stats = packed.PackedSplit(root, split), packed.load_stats(root)
     tl = TrainLoader(
@@ -164,12 +167,38 @@ def format_rates(src: packed.PackedSplit, count: int) -> list[tuple[str, float, 
                 for order in (range(n), range(n), rng.permutation(n)):  # untimed, seq, random
                     start = time.perf_counter()
                     for i in order:
-                        split.image(int(i)).contiguous()
+                        split.image(int(i), verify=False).contiguous()
                     rates.append(n / (time.perf_counter() - start))
                 out.append((encoding, rates[1], rates[2], split.index[:, 2].mean() / 1024))
     finally:
         torch.set_num_threads(threads)
     return out
+
+
+def checksum_cost(src: packed.PackedSplit, count: int) -> tuple[float, float, float]:
+    """(CRC-32 us, decode us, KiB) per record, one thread, over ``count`` records of ``src``
+    in the page cache (best of three passes each): what ``data.verify_checksums`` adds to
+    reading a record, against decoding it."""
+    rng = np.random.default_rng(0)
+    sample = sorted(rng.choice(len(src), size=min(count, len(src)), replace=False).tolist())
+    records = [src.raw(i).numpy() for i in sample]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        crc = _best(lambda: [zlib.crc32(r) for r in records]) / len(records)
+        decode = _best(lambda: [src.image(i, verify=False) for i in sample]) / len(sample)
+    finally:
+        torch.set_num_threads(threads)
+    return 1e6 * crc, 1e6 * decode, sum(len(r) for r in records) / len(records) / 1024
+
+
+def _best(work: Callable[[], object], passes: int = 3) -> float:
+    times = []
+    for _ in range(passes):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -197,19 +226,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.workers < 0 or args.batch_size < 1 or args.steps < 1 or args.format_images < 1:
-        raise UserError("--workers must be >= 0; --batch-size, --steps, --format-images >= 1")
-    split = packed.PackedSplit(args.data, args.split)
-    print(f"hardware: {hardware()}")
-    print(
-        f"data: {args.data} ({split.split}: {len(split)} images, {split.encoding}); batch "
-        f"{args.batch_size}, {args.steps} timed steps after {WARMUP} warm-up"
-    )
-    print(warm_cache(split.shard_paths, "packed shards"))
-    if args.raw is not None:
-        files = [p for p in Path(args.raw).rglob("*") if p.is_file()]
-        print(warm_cache(files, "ImageFolder tree"))
+def pipelines(args: argparse.Namespace) -> list[tuple[str, int, str, float]]:
+    """(name, workers, where the batches end up, images/s) of each pipeline ``run`` times."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     timed = (args.batch_size, args.steps)
     rows = [
@@ -218,7 +236,13 @@ def run(args: argparse.Namespace) -> int:
             args.workers,
             device,
             loader_rate(args.data, args.split, "cpu", args.workers, *timed),
-        )
+        ),
+        (
+            "packed, cpu loader, checksums off",
+            args.workers,
+            device,
+            loader_rate(args.data, args.split, "cpu", args.workers, *timed, verify=False),
+        ),
     ]
     if device == "cuda":
         rows.append(
@@ -238,10 +262,33 @@ def run(args: argparse.Namespace) -> int:
                 imagefolder_rate(args.raw, args.workers, *timed),
             )
         )
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.workers < 0 or args.batch_size < 1 or args.steps < 1 or args.format_images < 1:
+        raise UserError("--workers must be >= 0; --batch-size, --steps, --format-images >= 1")
+    split = packed.PackedSplit(args.data, args.split)
+    print(f"hardware: {hardware()}")
+    print(
+        f"data: {args.data} ({split.split}: {len(split)} images, {split.encoding}); batch "
+        f"{args.batch_size}, {args.steps} timed steps after {WARMUP} warm-up"
+    )
+    print(warm_cache(split.shard_paths, "packed shards"))
+    if args.raw is not None:
+        files = [p for p in Path(args.raw).rglob("*") if p.is_file()]
+        print(warm_cache(files, "ImageFolder tree"))
+    rows = pipelines(args)
     print(f"{'pipeline':<38} {'workers':>7} {'output on':>9} {'images/s':>10}")
     for name, workers, where, rate in rows:
         print(f"{name:<38} {workers:>7} {where:>9} {rate:>10.1f}")
     count = min(args.format_images, len(split))
+    crc, decode, kib = checksum_cost(split, count)
+    print(
+        f"checksums: CRC-32 {crc:.1f} us per record ({kib:.1f} KiB), decoding it {decode:.1f} us "
+        f"({100 * crc / decode:.1f} %); a batch of {args.batch_size}: "
+        f"{args.batch_size * crc / 1000:.2f} ms of CPU time, spread over the loader's workers"
+    )
     print(f"encodings: one thread decoding to uint8, {count} records in the page cache")
     print(f"{'encoding':<10} {'sequential img/s':>17} {'random img/s':>13} {'KiB/image':>10}")
     for encoding, seq, rnd, kib in format_rates(split, args.format_images):

@@ -34,6 +34,13 @@ class DataConfig:
     # (shorter side 256, central 256x256); warp = Caffe (whole image to 256x256, aspect ignored,
     # `python -m alexnet.prepare --resize warp`).
     resize: Literal["shorter_side", "warp"] = "shorter_side"
+    # A record whose bytes fail their checksum or whose JPEG decodes with a warning or error.
+    # stop: one line naming it, a checkpoint of the steps done, exit 2. skip: training uses
+    # another record of the split instead, drawn from (seed, epoch, step, position) so resumes
+    # stay bit-identical; evaluation leaves it out; both count what they left out.
+    on_corrupt: Literal["stop", "skip"] = "stop"
+    # Check each record's CRC-32 as it is read (about 2 % of decoding it; docs/BENCHMARKS.md)
+    verify_checksums: bool = True
 
     def problems(self) -> list[str]:
         if self.workers is not None and self.workers < 0:

@@ -26,7 +26,8 @@ libjpeg-turbo's by a level or two (the JPEG standard leaves the IDCT and the chr
 each decoder), which is noise to training but not what a reported figure should rest on.
 
 Both count the images delivered and the seconds the consumer waited (``pop_timing``); what
-they share lives in ``loader_base.py``.
+they share lives in ``loader_base.py``. Both read each record checked (its CRC-32, a decoder
+warning as an error) and handle a corrupt one as ``data.on_corrupt`` says (``sampling.py``).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ class TrainLoader(LoaderBase):
             lighting_constants=augment.lighting_constants,
             channel_order=data.channel_order,
         )
-        self._dataset = TrainSteps(split, self.order, self.size)
+        self._dataset = TrainSteps(split, self.order, self.size, self.verify, self.skip)
 
     @property
     def steps(self) -> int:
@@ -119,20 +120,22 @@ class TrainLoader(LoaderBase):
         return self._timed(self._worker_batches([(epoch, t) for t in steps]))
 
     def _worker_batches(self, keys: list[tuple[int, int]]) -> Iterator[Batch]:
-        for crops, labels, *params in self._worker_items(keys):
+        for crops, labels, *params in self._train_items(self._worker_items(keys)):
             x = N.finish(self._to_device(crops), T.AugmentParams(*params), self.norm)
             yield x, self._to_device(labels)
 
     def _decoded_batches(self, epoch: int, steps: range) -> Iterator[Batch]:
         def read(step: int) -> tuple:
             idx = self.order.indices(epoch, step).tolist()
-            return *self._read(idx), self.order.params(epoch, step)
+            stand_in = self.order.stand_in(epoch, step) if self.skip else None
+            return *self._read(idx, stand_in), stand_in, self.order.params(epoch, step)
 
-        def make(bytes_and_params: tuple) -> Batch:
-            data, labels, p = bytes_and_params
-            images = self._decode(data)
+        def make(read: tuple) -> Batch:  # in made_ahead's thread; an error surfaces in turn
+            found, data, used, stand_in, p = read
+            self._take(found, training=True)
+            images, used = self._decode_checked(data, used, True, stand_in)
             crops = T.crop_flip(images, p.top, p.left, p.flip, self.size, p.height, p.width)
-            return N.finish(crops, p, self.norm), self._to_device(labels)
+            return N.finish(crops, p, self.norm), self._to_device(self.split.labels[used])
 
         read_bytes = self._read_ahead(list(steps), read)
         return made_ahead(read_bytes, make, self.device, depth=MADE_AHEAD)
@@ -144,6 +147,8 @@ class EvalLoader(LoaderBase):
     Rank r of w reads images [r*N//w, (r+1)*N//w) in order, so the ranks together see every
     image exactly once (no padding). ``views`` = 1 (centre crop) or 10 (§4.1's ten patches in
     ``TenCrop`` order); the mean image is subtracted at each view's position; no lighting.
+    A corrupt record is left out of its batch, named in the log and listed in ``unscored``
+    (the last pass's); ``training.engine.evaluate`` counts them or stops (``data.on_corrupt``).
     """
 
     def __init__(
@@ -167,7 +172,7 @@ class EvalLoader(LoaderBase):
         self.norm = N.build_normalizer(
             stats, data.normalize, self.size, self.device, channel_order=data.channel_order
         )
-        self._dataset = EvalBatches(split, self.batches)
+        self._dataset = EvalBatches(split, self.batches, self.verify)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -176,8 +181,8 @@ class EvalLoader(LoaderBase):
         # Always the CPU decoder (libjpeg-turbo, as PIL and torchvision on the CPU), whatever
         # data.loader says: reported errors then do not depend on the loader or the GPU, and
         # evaluation's decoding is cheap beside its ten forward passes per image.
-        items = self._worker_items(list(range(len(self.batches))))
-        source = ((self._to_device(x), y) for x, y in items)
+        self.unscored = []  # the images this pass leaves out (corrupt records), once it ends
+        source = self._eval_items(self._worker_items(list(range(len(self.batches)))))
         return self._timed(self._finish(images, labels) for images, labels in source)
 
     def _finish(self, images: torch.Tensor | list[torch.Tensor], labels: torch.Tensor) -> Batch:

@@ -22,6 +22,7 @@ folder without it is an unfinished preparation, never mistaken for a complete on
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 
 from alexnet import atomic
+from alexnet.data.records import BadRecord, CorruptRecord, DecodeError, decode_jpeg_strict
 from alexnet.errors import UserError
 
 FORMAT = "alexnet-packed"
@@ -150,19 +152,70 @@ class PackedSplit:
         return int(self.index[i, CRC_COLUMN]) if self.has_checksums else None
 
     def raw(self, i: int) -> torch.Tensor:
-        """The stored bytes of record ``i`` as a 1-D uint8 tensor (shares the mapped memory)."""
+        """The stored bytes of record ``i`` as a 1-D uint8 tensor (shares the mapped memory),
+        unchecked; ``read`` checks them."""
         shard, offset, length = self.index[i, :3]
         if shard not in self._maps:  # lazily: ImageNet has ~2000 shards, most unused per worker
             # copy-on-write ("c"): views are writable for torch, the file itself is never modified
             self._maps[shard] = np.memmap(self.shard_paths[shard], dtype=np.uint8, mode="c")
         return torch.from_numpy(np.asarray(self._maps[shard][offset : offset + length]))
 
-    def image(self, i: int) -> torch.Tensor:
-        """Record ``i`` decoded to a (3, S, S) uint8 RGB tensor."""
-        data = self.raw(i)
+    def read(self, i: int, verify: bool = True) -> torch.Tensor:
+        """Record ``i``'s bytes, checked: all there and, with ``verify``, matching the CRC-32
+        stored when the set was prepared (sets without checksums: length only).
+
+        Raises:
+            CorruptRecord: naming the record, its shard and its source image.
+        """
+        try:
+            data = self.raw(i)
+        except (OSError, ValueError) as err:  # missing, unreadable or empty shard file
+            raise self.corrupt(i, f"shard unreadable ({err})") from None
+        length = int(self.index[i, 2])
+        if data.numel() != length:
+            end = int(self.index[i, 1]) + length
+            raise self.corrupt(i, f"shard truncated (record ends at byte {end:,})")
+        if verify and self.has_checksums:
+            found = zlib.crc32(data.numpy())
+            if found != self.checksum(i):
+                raise self.corrupt(
+                    i, f"checksum mismatch (CRC-32 {found:08x}, stored {self.checksum(i):08x})"
+                )
+        return data
+
+    def image(self, i: int, verify: bool = True) -> torch.Tensor:
+        """Record ``i`` decoded to a (3, S, S) uint8 RGB tensor, its bytes checked as ``read``
+        does and a decoder warning treated as an error (``CorruptRecord``)."""
+        data = self.read(i, verify)
         if self.encoding == "raw":
             s = self.image_size
             return data.view(s, s, 3).permute(2, 0, 1)
-        from torchvision.io import ImageReadMode, decode_jpeg
+        try:
+            image = decode_jpeg_strict(data)
+        except DecodeError as err:
+            raise self.corrupt(i, f"JPEG decoder: {err}") from None
+        assert isinstance(image, torch.Tensor)
+        return image
 
-        return decode_jpeg(data, mode=ImageReadMode.RGB)
+    def corrupt(self, i: int, reason: str) -> CorruptRecord:
+        """The error naming record ``i`` (split, shard, record in the shard, source image)."""
+        bad = self.locate(i, reason)
+        return CorruptRecord(bad.describe(), bad)
+
+    def locate(self, i: int, reason: str = "") -> BadRecord:
+        """Where record ``i`` lives and came from. The source name and the record's number in
+        its shard come from the unit record prepare leaves beside each shard (its lengths give
+        the offsets); without one, the number is counted from this index."""
+        shard, offset = int(self.index[i, 0]), int(self.index[i, 1])
+        path = self.shard_paths[shard]
+        position, source = int(np.sum(self.index[:i, 0] == shard)), None
+        try:
+            with np.load(path.with_suffix(".npz")) as z:
+                names, lengths = z["name"], z["length"]
+            position = int(np.searchsorted(np.cumsum(lengths) - lengths, offset))
+            origin = json.loads((self.root / "report.json").read_text()).get("source")
+            source = f"{origin}/{names[position]}" if origin else str(names[position])
+        except Exception:  # a missing or damaged unit record: the name is a courtesy
+            pass
+        rel = path.relative_to(self.root).as_posix()
+        return BadRecord(self.split, i, rel, position, source, reason)

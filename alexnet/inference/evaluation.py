@@ -21,7 +21,7 @@ from alexnet.errors import UserError
 from alexnet.inference.trained import Trained
 from alexnet.log import info
 from alexnet.metrics import Accumulator, check_count
-from alexnet.training.engine import predict
+from alexnet.training.engine import predict, unscored_images
 
 
 def evaluate_models(
@@ -41,17 +41,17 @@ def evaluate_models(
     results: dict[str, Any] = {}
     alone: dict[str, dict[str, Any]] = {m.name: {} for m in models}
     for v in sorted(set(views)):
-        total, labels = None, None
+        total, labels, unscored = None, None, 0
         for m in models:
-            probs, labels = probabilities(m, split, v, progress)
-            alone[m.name][str(v)] = rates(probs, labels, len(split))
+            probs, labels, unscored = probabilities(m, split, v, progress)
+            alone[m.name][str(v)] = rates(probs, labels, len(split), unscored)
             total = probs if total is None else total.add_(probs)
         if len(models) == 1:
             results[str(v)] = alone[first.name][str(v)]
         else:
             for m in models:
                 _print(v, alone[m.name][str(v)], m.name)
-            results[str(v)] = rates(total / len(models), labels, len(split))
+            results[str(v)] = rates(total / len(models), labels, len(split), unscored)
         _print(v, results[str(v)], f"ensemble of {len(models)}" if len(models) > 1 else "")
     report: dict[str, Any] = {"data": str(split.root), "split": split.split, "images": len(split)}
     if len(models) == 1:
@@ -64,18 +64,25 @@ def evaluate_models(
 
 def probabilities(
     m: Trained, split: PackedSplit, views: int, progress: bool = True
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image's softmax averaged over ``views`` views (§4.1), with its own preprocessing."""
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Every readable image's softmax averaged over ``views`` views (§4.1), with its own
+    preprocessing, their labels, and how many images were corrupt records left out (with
+    ``data.on_corrupt: stop`` there are none: ``CorruptRecord`` names the first)."""
     module = m.rt.wrap(m.model)  # the run's memory format and compile setting
-    return predict(module, m.loader(split, views), m.rt, show_progress=progress)
+    loader = m.loader(split, views)
+    probs, labels = predict(module, loader, m.rt, show_progress=progress)
+    return probs, labels, unscored_images(loader, m.rt)
 
 
-def rates(probs: torch.Tensor, labels: torch.Tensor, expected: int) -> dict[str, float]:
-    """Top-1/top-5 error and accuracy, and the loss (-log of the true class's probability)."""
+def rates(
+    probs: torch.Tensor, labels: torch.Tensor, expected: int, unscored: int = 0
+) -> dict[str, float]:
+    """Top-1/top-5 error and accuracy, and the loss (-log of the true class's probability),
+    over the images scored; ``unscored`` images (corrupt records) make up ``expected``."""
     totals = Accumulator()
     totals.update(probs, labels, F.nll_loss(probs.clamp_min(1e-12).log(), labels))
-    check_count(totals.n, expected)
-    return totals.rates()
+    check_count(totals.n + unscored, expected)
+    return {**totals.rates(), "unscored": unscored}
 
 
 def _print(views: int, r: dict[str, float], who: str) -> None:
@@ -83,5 +90,7 @@ def _print(views: int, r: dict[str, float], who: str) -> None:
     info(
         f"{label}: top-1 error {100 * r['top1_err']:6.2f}%  top-5 error "
         f"{100 * r['top5_err']:6.2f}%  (accuracy {100 * r['top1_acc']:.2f}% / "
-        f"{100 * r['top5_acc']:.2f}%) on {int(r['n'])} images" + (f"  [{who}]" if who else "")
+        f"{100 * r['top5_acc']:.2f}%) on {int(r['n'])} images"
+        + (f" ({r['unscored']:.0f} corrupt, not scored)" * bool(r.get("unscored")))
+        + (f"  [{who}]" if who else "")
     )

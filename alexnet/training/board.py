@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from alexnet import runtime as runtime_lib
 from alexnet.data.loaders import EvalLoader
 from alexnet.data.packed import PackedSplit
+from alexnet.data.records import CorruptRecord
 from alexnet.figures.common import pictures, short_names, spread, subset
 from alexnet.inference.features import layer_outputs
+from alexnet.log import info
 from alexnet.runtime import Placement
 from alexnet.training.engine import predict
 
@@ -31,10 +33,19 @@ THUMBNAIL = 64  # pixels a side in the projector's sprite
 
 
 def record_epoch(s: Session, epoch: int, last: bool) -> None:
-    """After ``epoch``: the predictions image; after the ``last`` one, the fc7 embedding too."""
-    writer, run = s.log.writer, s.cfg.run
-    if writer is None:
+    """After ``epoch``: the predictions image; after the ``last`` one, the fc7 embedding too
+    (left out, with a warning, when one of their validation images is a corrupt record)."""
+    if s.log.writer is None:
         return
+    try:
+        _pictures(s, epoch, last)
+    except CorruptRecord as err:
+        info(f"warning: no TensorBoard pictures after epoch {epoch}: {err}")
+
+
+def _pictures(s: Session, epoch: int, last: bool) -> None:
+    writer, run = s.log.writer, s.cfg.run
+    assert writer is not None
     model = runtime_lib.unwrap(s.module)
     split = s.data.val.split
     step = s.pos.global_step

@@ -17,7 +17,7 @@ import random
 import re
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -43,9 +43,11 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
     Raises:
         TypeError: a value in ``payload`` could not be loaded with ``weights_only=True``.
+        OSError: the file could not be written (a full disk: ``errno.ENOSPC``); ``path`` is
+            left as it was.
     """
     _check_safe(payload, "payload")
-    atomic_write(path, lambda f: torch.save({**payload, "format": FORMAT, "version": VERSION}, f))
+    atomic_write(path, lambda f: _save({**payload, "format": FORMAT, "version": VERSION}, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -130,6 +132,35 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+class _Writes:
+    """The file ``torch.save`` writes to, keeping the ``OSError`` a write raised: torch reports
+    it as a RuntimeError about zip positions ("unexpected pos 704 vs 598"), which would hide
+    that the disk is full."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _save(obj: dict[str, Any], f: IO[bytes]) -> None:
+    writes = _Writes(f)
+    try:
+        torch.save(obj, writes)
+    except RuntimeError:
+        if writes.error is not None:
+            raise writes.error from None
+        raise
 
 
 def _check_safe(value: Any, where: str) -> None:

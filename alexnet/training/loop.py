@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,9 +21,10 @@ import torch
 
 from alexnet import runtime as runtime_lib
 from alexnet.config import Config
+from alexnet.data.records import CorruptRecord
 from alexnet.errors import UserError
 from alexnet.log import info
-from alexnet.training import board, finetune, session
+from alexnet.training import agree, board, finetune, lock, session
 from alexnet.training import checkpoint as ckpt
 from alexnet.training.engine import (
     EpochResult,
@@ -51,7 +53,9 @@ def run(cfg: Config, resume: str | Path | None = None, progress: bool = True) ->
     try:
         return _run(cfg, resume, progress)
     finally:
+        lock.release()
         runtime_lib.teardown()
+        agree.forget()
 
 
 def _run(cfg: Config, resume: str | Path | None, progress: bool) -> int:
@@ -67,8 +71,10 @@ def _run(cfg: Config, resume: str | Path | None, progress: bool) -> int:
     data = session.build_data(cfg, rt)
     s = session.build_session(cfg, rt, data, state, progress, source)
     if state is not None:
+        agree.same_start(rt, (s.pos.epoch, s.pos.step, s.pos.global_step), path)
         info(f"resumed from {path}: epoch {s.pos.epoch}, step {s.pos.step}", rt.is_main)
     _announce(s)
+    _check_restarts(rt.is_main)
     hooks = Hooks(
         log=lambda step, values: s.log.scalars("train", step, values),
         checkpoint=lambda done: _checkpoint_mid_epoch(s, done),
@@ -78,9 +84,16 @@ def _run(cfg: Config, resume: str | Path | None, progress: bool) -> int:
         with _stop_on_signals(s.pos, rt.is_main):
             return _epochs(s, hooks)
     except NonFiniteLoss as err:
+        good = s.last_good()
+        good = f"the last good checkpoint is {good}" if good else "no checkpoint was written yet"
         raise UserError(
-            f"{err}; stopped. The last good checkpoint is {cfg.run.dir / ckpt.LAST} "
-            "(try a lower optim.lr or runtime.dtype=float32)"
+            f"{err}; stopped: {good} (try a lower optim.lr or runtime.dtype=float32)"
+        ) from None
+    except CorruptRecord as err:
+        raise UserError(
+            f"{err}; stopped (data.on_corrupt=stop): {s.last_good()} holds every step done; "
+            f"find every bad record with `python -m alexnet.prepare --check {cfg.data.root}`, "
+            "or go on without them: --resume auto --set data.on_corrupt=skip"
         ) from None
     finally:
         s.log.close()
@@ -97,6 +110,21 @@ def _announce(s: Session) -> None:
         f"{len(s.data.train.split)} train / {len(s.data.val.split)} val images",
         rt.is_main,
     )
+
+
+def _check_restarts(is_main: bool) -> None:
+    """torchrun --max-restarts in torch 2.14 keeps one store for every attempt unless told
+    otherwise, and a restarted group can then read the dead group's addresses and fail to
+    connect (pytorch/pytorch#135712; two restarts in three on this project's CPU test)."""
+    env = os.environ
+    restarts = int(env.get("TORCHELASTIC_MAX_RESTARTS", "0") or 0)
+    if restarts and env.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        info(
+            f"warning: torchrun will restart this group up to {restarts} times, but shares its "
+            "store across restarts, which can make a restart fail to connect "
+            "(pytorch/pytorch#135712): launch it with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1",
+            is_main,
+        )
 
 
 def _checkpoint_mid_epoch(s: Session, done: int) -> None:
@@ -139,13 +167,8 @@ def _epochs(s: Session, hooks: Hooks) -> int:
             info(f"stopped at epoch {epoch} step {pos.step}; resume with --resume auto", rt.is_main)
             return 128 + pos.stop_signal
         stall.check(pos.global_step, result.loss, rt.is_main)
-        val = evaluate(
-            runtime_lib.unwrap(s.module),
-            s.data.val,
-            rt,
-            expected=len(s.data.val.split),
-            show_progress=s.progress,
-        )
+        timing["replaced"] = agree.total(rt, int(timing["replaced"]))
+        val = _validate(s)
         event = s.schedule.observe(val["top1_err"], pos.best)
         _record_epoch(s, epoch, _epoch_row(lr, result, val, timing, rt.world_size), event)
         if event == "stop":
@@ -163,6 +186,21 @@ def _epochs(s: Session, hooks: Hooks) -> int:
     return 0
 
 
+def _validate(s: Session) -> dict[str, float]:
+    """The epoch's validation; a corrupt record that stops it first saves the epoch's steps."""
+    try:
+        return evaluate(
+            runtime_lib.unwrap(s.module),
+            s.data.val,
+            s.rt,
+            expected=len(s.data.val.split),
+            show_progress=s.progress,
+        )
+    except CorruptRecord:
+        s.save(ckpt.LAST)  # a resume runs no step of this epoch, only its validation
+        raise
+
+
 def _train_epoch(s: Session, epoch: int, hooks: Hooks) -> tuple[EpochResult, dict[str, float]]:
     """One (maybe resumed) epoch of training; moves ``s.pos`` to where it stopped. Returns the
     result and the loader's timing (images, data-wait and elapsed seconds)."""
@@ -177,7 +215,12 @@ def _train_epoch(s: Session, epoch: int, hooks: Hooks) -> tuple[EpochResult, dic
     )
     train.pop_timing()  # the time since the last epoch was validation and saving, not waiting
     batches = train.epoch(epoch, pos.step)
-    result = train_one_epoch(s.module, batches, s.optimizer, s.rt, span, hooks, s.progress)
+    try:
+        result = train_one_epoch(s.module, batches, s.optimizer, s.rt, span, hooks, s.progress)
+    except CorruptRecord as err:  # in the batch after ``steps_done``: save the steps before it
+        pos.move_to(err.steps_done if err.steps_done is not None else pos.step)
+        s.save(ckpt.LAST)
+        raise
     pos.move_to(result.steps_done)
     return result, train.pop_timing()
 
@@ -195,6 +238,8 @@ def _epoch_row(
         "val_top1_err": val["top1_err"],
         "val_top5_err": val["top5_err"],
         "val_images": val["n"],
+        "val_unscored": val["unscored"],  # corrupt records left out (data.on_corrupt=skip)
+        "train_replaced": timing["replaced"],  # corrupt records replaced, all processes
         # every rank trains on as many images, so this process's count times the world
         "images_per_s": result.images * world / max(result.seconds, 1e-9),
         "data_wait_fraction": timing["wait_s"] / max(timing["elapsed_s"], 1e-9),
@@ -214,6 +259,8 @@ def _record_epoch(s: Session, epoch: int, row: dict[str, float], event: str) -> 
         f"{100 * row['val_top1_err']:.2f}% top-5 {100 * row['val_top5_err']:.2f}% "
         f"({s.cfg.train.val_views} view), lr {row['lr']:g}, {row['images_per_s']:.0f} img/s, "
         f"data wait {100 * row['data_wait_fraction']:.0f}%"
+        + (f", {row['train_replaced']:.0f} corrupt records replaced" * bool(row["train_replaced"]))
+        + (f", {row['val_unscored']:.0f} images not scored" * bool(row["val_unscored"]))
         + (f" [{event}]" if event in ("drop", "stop") else ""),
         rt.is_main,
     )
@@ -234,7 +281,7 @@ class _StallWatch:
 
     def check(self, global_step: int, loss: float, is_main: bool) -> None:
         limit = math.log(self.classes)
-        if self.warned or global_step < self.after or abs(loss - limit) >= 0.05:
+        if self.warned or global_step < self.after or not abs(loss - limit) < 0.05:  # NaN: no
             return
         self.warned = True
         info(

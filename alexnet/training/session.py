@@ -22,8 +22,9 @@ from alexnet.errors import UserError
 from alexnet.inference.weights import Weights
 from alexnet.log import RunLog, environment, info
 from alexnet.model import build_model
+from alexnet.training import agree, finetune, lock
 from alexnet.training import checkpoint as ckpt
-from alexnet.training import finetune
+from alexnet.training.engine import NonFiniteWeights
 from alexnet.training.optim import LRSchedule, build_optimizer
 
 
@@ -74,44 +75,93 @@ class Session:
     log: RunLog
     pos: Position
     progress: bool = True
+    # checkpoint name -> (epoch, step, global step) of its last save (or of the resumed state)
+    saved: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def save(self, name: str, weights: dict[str, torch.Tensor] | None = None) -> None:
-        """A checkpoint of everything needed to resume, as ``run.dir/name`` (rank 0 writes)."""
+        """A checkpoint of everything needed to resume, as ``run.dir/name`` (rank 0 writes;
+        every rank learns how it went).
+
+        Raises:
+            NonFiniteWeights: the weights hold NaN or infinity; nothing was written.
+            UserError: the file could not be written (a full disk); the previous one is intact.
+        """
         rngs = _gather_rng(self.rt)
-        if not self.rt.is_main:
-            return
-        if weights is None:
-            weights = runtime_lib.canonical_state_dict(self.module)
+        problem = None
+        if self.rt.is_main:
+            if weights is None:
+                weights = runtime_lib.canonical_state_dict(self.module)
+            problem = self._write(name, weights, rngs)
+        problem = agree.from_rank0(self.rt, problem)
+        pos = self.pos
+        if problem is None:
+            self.saved[name] = (pos.epoch, pos.step, pos.global_step)
+        elif problem[0] == "weights":
+            raise NonFiniteWeights(
+                pos.global_step, problem[1], self.optimizer.param_groups[0]["lr"]
+            )
+        else:
+            previous = self.last_good(name)
+            kept = f"the previous {previous} is intact" if previous else f"no {name} yet"
+            raise UserError(
+                f"{problem[1]}; {kept}; the run stopped: free some space, then continue it "
+                "with --resume auto"
+            )
+
+    def last_good(self, name: str = ckpt.LAST) -> str | None:
+        """The checkpoint ``name`` this run last wrote (or resumed from), with its position, in
+        words; None if there is none."""
+        if name not in self.saved:
+            return None
+        epoch, step, global_step = self.saved[name]
+        return f"{self.cfg.run.dir / name} (epoch {epoch}, step {step}, global step {global_step})"
+
+    def _write(
+        self, name: str, weights: dict[str, torch.Tensor], rngs: list[dict[str, Any]]
+    ) -> tuple[str, Any] | None:
+        """Write the checkpoint; returns what went wrong, if anything (rank 0)."""
+        bad = [k for k, v in weights.items() if not _finite(v)]
+        if bad:
+            return ("weights", bad)
+        path = self.cfg.run.dir / name
+        try:
+            ckpt.save_checkpoint(path, self._payload(weights, rngs))
+        except OSError as err:  # atomic: the previous file is still there, untouched
+            return ("write", f"could not write {path}: {err.strerror or err}")
+        return None
+
+    def _payload(
+        self, weights: dict[str, torch.Tensor], rngs: list[dict[str, Any]]
+    ) -> dict[str, Any]:
         pos, cfg = self.pos, self.cfg
-        ckpt.save_checkpoint(
-            cfg.run.dir / name,
-            {
-                "config": to_dict(cfg),
-                "model": weights,
-                "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(),
-                "epoch": pos.epoch,
-                "step": pos.step,
-                "global_step": pos.global_step,
-                "best": pos.best,
-                "rng": rngs,
-                "history": pos.history,
-                "parallel_mode": self.rt.mode,
-                "layout": _layout(cfg),
-                "world_size": self.rt.world_size,
-                "data_stats": _stats_payload(self.data.stats),
-                "classes": self.data.classes,
-                "class_names": self.data.val.split.class_names,  # in words, for figures
-            },
-        )
+        return {
+            "config": to_dict(cfg),
+            "model": weights,
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "epoch": pos.epoch,
+            "step": pos.step,
+            "global_step": pos.global_step,
+            "best": pos.best,
+            "rng": rngs,
+            "history": pos.history,
+            "parallel_mode": self.rt.mode,
+            "layout": _layout(cfg),
+            "world_size": self.rt.world_size,
+            "data_stats": _stats_payload(self.data.stats),
+            "classes": self.data.classes,
+            "class_names": self.data.val.split.class_names,  # in words, for figures
+        }
 
 
 def prepare_run_dir(cfg: Config, rt: runtime_lib.Runtime) -> None:
-    """Create the run folder, write the resolved config and environment, clear killed saves."""
+    """Create the run folder and take its lock (rank 0), write the resolved config and
+    environment, clear killed saves."""
     with runtime_lib.main_process_first(rt):
         if rt.is_main:
             run_dir = cfg.run.dir
             run_dir.mkdir(parents=True, exist_ok=True)
+            lock.hold(run_dir)  # before anything in it is touched
             for stale in atomic.remove_temp_files(run_dir):
                 info(f"removed {stale.name}, left by an interrupted save")
             atomic.write_text(run_dir / "config.yaml", dump_yaml(cfg))
@@ -164,7 +214,10 @@ def build_session(
         pos.history = list(state.get("history", []))
         ckpt.set_rng_state(state["rng"][rt.rank])
     log = RunLog(cfg.run.dir, enabled=rt.is_main, tensorboard=cfg.run.tensorboard)
-    return Session(cfg, rt, module, optimizer, schedule, data, log, pos, progress)
+    s = Session(cfg, rt, module, optimizer, schedule, data, log, pos, progress)
+    if state is not None:
+        s.saved[ckpt.LAST] = (pos.epoch, pos.step, pos.global_step)
+    return s
 
 
 def resume_path(arg: str | Path | None, run_dir: Path) -> Path | None:
@@ -211,6 +264,15 @@ def _layout(cfg: Config) -> str:
     """Which form's parameters the optimiser state belongs to."""
     p = cfg.parallel
     return "two_device" if p.mode == "two_device" or p.two_device_per_process else "single"
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in ``t``: min and max propagate NaN, and take one pass without a
+    temporary (10 ms for AlexNet's 61 M weights on a 2-core CPU, isfinite().all() 360 ms)."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    low, high = torch.aminmax(t.detach())
+    return math.isfinite(float(low)) and math.isfinite(float(high))
 
 
 def _gather_rng(rt: runtime_lib.Runtime) -> list[dict[str, Any]]:
