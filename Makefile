@@ -19,7 +19,7 @@ SETS   := $(foreach s,$(SET),--set $(s))
 # torch's CPU allocator on transparent huge pages: fewer page faults in CPU training
 export THP_MEM_ALLOC_ENABLE ?= 1
 
-.PHONY: help venv lint format test test-gpu demo demo-data prepare train train-2gpu train-ddp eval \
+.PHONY: help venv lint format test test-slow test-gpu demo demo-data prepare train train-2gpu train-ddp eval \
 	figures tensorboard bench bench-data bench-train clean scene15-data finetune predict export
 
 help:  ## list the targets, and where the code lives
@@ -44,8 +44,11 @@ format: $(STAMP)  ## ruff: fix what can be fixed, then format the code
 	$(VENV)/bin/ruff check --fix alexnet tests scripts
 	$(VENV)/bin/ruff format alexnet tests scripts
 
-test: $(STAMP)  ## run the test suite on CPU (GPU tests skip themselves)
-	$(PY) -m pytest -q
+test: $(STAMP)  ## the test suite on the CPU, but for the slow tests (GPU tests skip themselves)
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)  ## the slow tests: real torchrun DDP runs and restarts, torch.compile of the net
+	$(PY) -m pytest -q -m slow
 
 test-gpu: $(STAMP)  ## run only the tests that need CUDA
 	$(PY) -m pytest -q -m "cuda or two_gpus"

@@ -60,6 +60,7 @@ def test_run_folder_holds_everything(tiny_run: Path) -> None:
         assert row["images_per_s"] > 0 and 0.0 <= row["data_wait_fraction"] <= 1.0
 
 
+@pytest.mark.slow  # a real training process, stopped and resumed
 def test_kill_9_mid_epoch_then_resume_is_bit_identical(
     prepared_tiny: Path, tiny_run: Path, tmp_path: Path
 ) -> None:
@@ -78,6 +79,7 @@ def test_kill_9_mid_epoch_then_resume_is_bit_identical(
     assert [got_losses[r["step"]] for r in metric_rows(tiny_run, "train")] == ref_losses
 
 
+@pytest.mark.slow  # a real training process, stopped and resumed
 def test_sigint_saves_a_checkpoint_and_exits_cleanly(
     prepared_tiny: Path, tiny_run: Path, tmp_path: Path
 ) -> None:
@@ -113,6 +115,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # a real training process, stopped and resumed
 def test_kill_9_during_a_save_then_resume_leaves_no_temporary_file(
     prepared_tiny: Path, tiny_run: Path, tmp_path: Path
 ) -> None:
