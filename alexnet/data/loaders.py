@@ -18,7 +18,7 @@ Two ways to make a batch (``data.loader``), with identical results for the same 
 - ``gpu``: a thread reads a step's encoded bytes ahead, and another decodes them in ONE
   batched ``torchvision.io.decode_jpeg(..., device=device)`` call, crops and finishes them on
   the device, ``MADE_AHEAD`` steps ahead of the training step, on a CUDA stream of its own
-  (``ahead.py``). With ``device="cpu"`` the same code decodes on the CPU.
+  (``ahead.py``). With ``device="cpu"`` the same code decodes on the CPU, in turn.
 
 Evaluation always decodes with the CPU decoder (worker processes), whatever ``data.loader``
 says, so that reported errors do not depend on the machine: nvJPEG's pixels differ from
@@ -138,6 +138,10 @@ class TrainLoader(LoaderBase):
             return N.finish(crops, p, self.norm), self._to_device(self.split.labels[used])
 
         read_bytes = self._read_ahead(list(steps), read)
+        if self.device.type != "cuda":  # the same batches, made in turn: on the CPU decoding and
+            # the step share the cores, and the CPU decoder's warnings are caught on descriptor
+            # 2 (records.py), where another thread's log line must not land
+            return map(make, read_bytes)
         return made_ahead(read_bytes, make, self.device, depth=MADE_AHEAD)
 
 
