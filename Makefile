@@ -12,6 +12,7 @@ DATA   ?= data/ilsvrc2012
 CKPT   ?= runs/ilsvrc2012/best.pt
 RUN    ?= runs/demo
 GPUS   ?= 8
+RESTARTS ?= 3
 TUNE   ?= configs/scene15_finetune.yaml
 IMAGES ?= ../shared/data/imagenet_sample_images
 SET    ?=
@@ -72,8 +73,11 @@ train: $(STAMP)  ## CONFIG=... SET="k=v ...": train on one device (or resume: SE
 train-2gpu: $(STAMP)  ## the paper's two towers on cuda:0 and cuda:1 (model parallel, one process)
 	$(PY) -m alexnet.train --config $(CONFIG) --resume auto --set parallel.mode=two_device $(SETS)
 
-train-ddp: $(STAMP)  ## GPUS=8: data parallel with torchrun (global batch = train.batch_size)
-	$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) -m alexnet.train --config $(CONFIG) \
+# a lost process restarts the group, which resumes from last.pt; the variable gives each restart
+# a store of its own (pytorch/pytorch#135712, README "When things go wrong")
+train-ddp: $(STAMP)  ## GPUS=8 RESTARTS=3: data parallel with torchrun (global batch = train.batch_size)
+	TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 $(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS) \
+		--max-restarts=$(RESTARTS) -m alexnet.train --config $(CONFIG) \
 		--resume auto --set parallel.mode=ddp $(SETS)
 
 eval: $(STAMP)  ## CKPT=runs/x/best.pt: top-1/top-5 error with 1 and 10 crops
