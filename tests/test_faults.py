@@ -7,6 +7,7 @@ full where the checkpoint's own file object says so (ENOSPC); the kills are SIGK
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -336,6 +337,45 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_stops_the_run_cleanly(
     )
     assert load_checkpoint(run / "last.pt")["global_step"] == 2  # loadable, untouched
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_under_the_metrics_stops_at_the_next_checkpoint_and_a_rerun_records_all(
+    prepared_tiny: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import alexnet.log
+
+    run, writes = tmp_path / "run", []
+
+    class Metrics(FullDisk):  # the disk fills up halfway through the 5th line (step 4's)
+        def write(self, data) -> int:
+            writes.append(bytes(data))
+            if len(writes) == 5:
+                self.room = len(data) // 2
+            return super().write(data)
+
+    def fake_open(path, *args, **kwargs):
+        f = open(path, *args, **kwargs)
+        return Metrics(f, 1 << 30) if Path(path).name == "metrics.jsonl" else f
+
+    monkeypatch.setattr(alexnet.log, "open", fake_open, raising=False)
+    assert train.main(train_argv(prepared_tiny, run)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"error: could not write {run / 'metrics.jsonl'}: No space left on device; the " in err
+    assert "is intact; the run stopped" in err
+    assert "warning: could not write" in err  # at once, before the checkpoint that stops it
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in rows] == ["train"] * 3 + ["epoch"]  # no half line
+    assert load_checkpoint(run / "last.pt")["global_step"] == 3  # the one before step 4
+
+    monkeypatch.undo()
+    assert train.main([*train_argv(prepared_tiny, run), "--resume", "auto"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert [r["epoch"] for r in rows if r["kind"] == "epoch"] == [0, 1]
 
 
 # torchrun's entry point in the test below: the trainer, with each process's pid in PIDS, and

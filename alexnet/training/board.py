@@ -35,10 +35,11 @@ THUMBNAIL = 64  # pixels a side in the projector's sprite
 def record_epoch(s: Session, epoch: int, last: bool) -> None:
     """After ``epoch``: the predictions image; after the ``last`` one, the fc7 embedding too
     (left out, with a warning, when one of their validation images is a corrupt record)."""
-    if s.log.writer is None:
+    if s.log.writer is None or not s.log.writing:
         return
     try:
-        _pictures(s, epoch, last)
+        with s.log.failures(s.log.writer.log_dir):
+            _pictures(s, epoch, last)
     except CorruptRecord as err:
         info(f"warning: no TensorBoard pictures after epoch {epoch}: {err}")
 

@@ -84,11 +84,14 @@ class Session:
 
         Raises:
             NonFiniteWeights: the weights hold NaN or infinity; nothing was written.
-            UserError: the file could not be written (a full disk); the previous one is intact.
+            UserError: the file, or earlier the run's records (``RunLog.problem``), could not be
+                written (a full disk); the previous checkpoint is intact.
         """
         rngs = _gather_rng(self.rt)
         problem = None
-        if self.rt.is_main:
+        if self.rt.is_main and self.log.problem is not None:
+            problem = ("write", self.log.problem)  # a checkpoint past records that were lost
+        elif self.rt.is_main:
             if weights is None:
                 weights = runtime_lib.canonical_state_dict(self.module)
             problem = self._write(name, weights, rngs)
