@@ -26,7 +26,6 @@ from alexnet.config import Config, load_config
 from alexnet.data.packed import read_meta
 from alexnet.errors import UserError, report_user_errors
 from alexnet.figures import curves, table
-from alexnet.figures.common import save_figure
 from alexnet.inference.evaluation import evaluate_models
 from alexnet.inference.trained import load_trained
 from alexnet.log import info
@@ -156,9 +155,7 @@ def _main(args: argparse.Namespace) -> int:
     atomic.write_text(args.runs / "ablations.md", text)
     print(text, end="")
     info(f"wrote {args.runs / 'ablations.md'}")
-    save_figure(
-        curves.draw(folders, f"{args.runs.name}: baseline and ablations"), args.runs / "curves.png"
-    )
+    curves.figure(folders, f"{args.runs.name}: baseline and ablations", args.runs / "curves.png")
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from alexnet.errors import report_user_errors
 from alexnet.figures import confusion, curves, kernels, neighbours, predictions, table
-from alexnet.log import info
+from alexnet.figures.every import ALL, draw_all
 
 EPILOG = """examples:
   python -m alexnet.figures all runs/demo          every figure of a run, into runs/demo/figures/
@@ -36,7 +36,6 @@ COMMANDS = {
     "confusion": (confusion, "per-class error and the confusion matrix (or most confused pairs)"),
     "table": (table, "markdown table of runs' errors against a baseline and the paper's ablations"),
 }
-ALL = ("kernels", "predictions", "neighbours", "curves", "confusion")  # what `all` draws
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,17 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _all(args: argparse.Namespace) -> int:
-    """Each figure of ``all`` with its defaults; prints where the PNGs are."""
-    parser = build_parser()
-    flags = ["--no-progress"] * args.no_progress + (
-        ["--device", args.device] if args.device else []
-    )
-    crops = ["--crops", str(args.crops)] if args.crops else []
-    for name in ALL:
-        extra = {"kernels": [], "curves": [], "neighbours": flags}.get(name, flags + crops)
-        sub = parser.parse_args([name, str(args.run), *extra])
-        COMMANDS[name][0].run(sub)
-    info(f"figures of {args.run}: {args.run / 'figures'}/{{{','.join(ALL)}}}.png")
+    draw_all(args.run, args.device, args.crops, not args.no_progress)
     return 0
 
 

@@ -123,13 +123,25 @@ def add_model_arguments(p: argparse.ArgumentParser, crops: bool = True) -> None:
     cli.add_inference_options(p, workers_help="loader processes (default: the run's)")
 
 
-def trained_from_args(args: argparse.Namespace) -> Trained:
-    """The run's network (``--checkpoint``, else its best.pt, else last.pt) with the arguments
-    of ``add_model_arguments``; torchvision's weights are refused (no training set to show)."""
-    path = args.checkpoint or find_checkpoint(args.run)
-    trained = load_trained(
-        path, args.device, data=args.data, workers=args.workers, batch_size=args.batch_size
-    )
+def run_network(
+    run: Path,
+    checkpoint: Path | None = None,
+    device: str | None = None,
+    data: Path | None = None,
+    workers: int | None = None,
+    batch_size: int | None = None,
+) -> Trained:
+    """The network of ``run`` (``checkpoint``, else its best.pt, else last.pt); torchvision's
+    weights are refused (they come with no training set to show)."""
+    path = checkpoint or find_checkpoint(run)
+    trained = load_trained(path, device, data=data, workers=workers, batch_size=batch_size)
     if trained.stats is None:
         raise UserError(f"{path} holds torchvision's weights: give a run written by alexnet.train")
     return trained
+
+
+def trained_from_args(args: argparse.Namespace) -> Trained:
+    """``run_network`` with the arguments of ``add_model_arguments``."""
+    return run_network(
+        args.run, args.checkpoint, args.device, args.data, args.workers, args.batch_size
+    )

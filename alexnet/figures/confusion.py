@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 
 from alexnet import atomic
 from alexnet.figures.common import (
+    Trained,
     add_model_arguments,
     output_path,
     save_figure,
@@ -114,11 +115,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``confusion`` subcommand."""
     trained = trained_from_args(args)
-    views = args.crops or trained.cfg.eval.views
+    figure(trained, args.run, args.crops, not args.no_progress, args.out)
+    return 0
+
+
+def figure(
+    trained: Trained,
+    run: Path,
+    views: int | None = None,
+    progress: bool = True,
+    out: Path | None = None,
+) -> Path:
+    """Draw ``trained``'s confusion on its validation split over ``views`` (default: the run's
+    eval.views) and print the most confused pairs; returns the PNG written."""
+    views = views or trained.cfg.eval.views
     split = trained.split()
-    probs, labels = predict(
-        trained.model, trained.loader(split, views), trained.rt, not args.no_progress
-    )
+    probs, labels = predict(trained.model, trained.loader(split, views), trained.rt, progress)
     matrix = confusion_matrix(probs, labels)
     names = short_names(trained.class_names)
     total = int(matrix.sum())
@@ -126,15 +138,14 @@ def run(args: argparse.Namespace) -> int:
         f"top-1 error {100 * (1 - int(matrix.trace()) / total):.2f}% on {total} images "
         f"({views} view{'s' if views > 1 else ''})"
     )
-    path = output_path(args.out, args.run, "confusion")
+    path = output_path(out, run, "confusion")
     table = pairs_markdown(matrix, names)
     if matrix.shape[0] > MATRIX_CLASSES:
         atomic.write_text(path.with_suffix(".md"), table)
         info(f"wrote {path.with_suffix('.md')}")
     info("most confused pairs:\n" + table)
     title = (
-        f"{args.run}: {split.split} split, {total} images, "
+        f"{run}: {split.split} split, {total} images, "
         f"{views} view{'s' if views > 1 else ''} ({Path(trained.name).name})"
     )
-    save_figure(draw(matrix, names, title), path)
-    return 0
+    return save_figure(draw(matrix, names, title), path)

@@ -104,6 +104,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``curves`` subcommand."""
-    fig = draw(args.runs, args.title)
-    save_figure(fig, output_path(args.out, args.runs[0], "curves"))
+    figure(args.runs, args.title, args.out)
     return 0
+
+
+def figure(runs: list[Path], title: str | None = None, out: Path | None = None) -> Path:
+    """Draw the learning curves of ``runs``; returns the PNG written (default: in the first)."""
+    return save_figure(draw(runs, title), output_path(out, runs[0], "curves"))

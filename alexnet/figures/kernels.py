@@ -111,8 +111,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``kernels`` subcommand: draw the figure and print the colour fraction of each tower."""
-    path = args.checkpoint or find_checkpoint(args.run)
+    """``kernels`` subcommand."""
+    figure(args.run, args.checkpoint, args.per_kernel, args.out)
+    return 0
+
+
+def figure(
+    run: Path, checkpoint: Path | None = None, per_kernel: bool = False, out: Path | None = None
+) -> Path:
+    """Draw conv1's kernels of ``run`` (``checkpoint``, else best.pt, else last.pt) and print
+    each tower's colour fraction; returns the PNG written."""
+    path = checkpoint or find_checkpoint(run)
     state = load_checkpoint(path)
     weight = state["model"]["conv1.weight"]
     arch = state["config"]["model"]["arch"]
@@ -122,7 +131,6 @@ def run(args: argparse.Namespace) -> int:
             f"{name}: colour fraction mean {f.mean():.3f}, median {f.median():.3f} "
             f"(0 = grey, {RANDOM_FRACTION:.2f} = random, 1 = pure colour opponency)"
         )
-    title = f"{args.run} ({path.name}, epochs trained: {state.get('epoch', '?')})"
-    fig = draw(weight, arch, title, per_kernel=args.per_kernel)
-    save_figure(fig, output_path(args.out, args.run, "kernels"))
-    return 0
+    title = f"{run} ({path.name}, epochs trained: {state.get('epoch', '?')})"
+    fig = draw(weight, arch, title, per_kernel=per_kernel)
+    return save_figure(fig, output_path(out, run, "kernels"))

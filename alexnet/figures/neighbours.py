@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
@@ -123,18 +124,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``neighbours`` subcommand."""
     trained = trained_from_args(args)
+    figure(trained, args.run, args.queries, args.k, not args.no_progress, args.out)
+    return 0
+
+
+def figure(
+    trained: Trained,
+    run: Path,
+    queries: int = 5,
+    k: int = NEIGHBOURS,
+    progress: bool = True,
+    out: Path | None = None,
+) -> Path:
+    """Draw ``queries`` validation images, each with its ``k`` nearest training images in
+    ``trained``'s fc7; returns the PNG written."""
     cfg = trained.cfg
     val, train = trained.split(cfg.data.val_split), trained.split(cfg.data.train_split)
-    queries = spread(len(val), args.queries)
-    d, i = nearest_training_images(trained, queries, args.k, not args.no_progress)
+    chosen = spread(len(val), queries)
+    d, i = nearest_training_images(trained, chosen, k, progress)
     found = torch.stack([pictures(train, row.tolist()) for row in i])  # (Q, k, 3, 224, 224)
-    same = (train.labels[i] == val.labels[queries][:, None]).float().mean()
+    same = (train.labels[i] == val.labels[chosen][:, None]).float().mean()
     info(f"{100 * float(same):.0f}% of the {i.numel()} neighbours share the query's class")
-    labels = (val.labels[queries].tolist(), train.labels[i])
+    labels = (val.labels[chosen].tolist(), train.labels[i])
     title = (
-        f"{args.run}: validation images (left) and the {i.shape[1]} training images nearest "
+        f"{run}: validation images (left) and the {i.shape[1]} training images nearest "
         f"in {LAYER} (Euclidean; green: same class)"
     )
-    fig = draw(pictures(val, queries), found, labels, d, trained.class_names, title)
-    save_figure(fig, output_path(args.out, args.run, "neighbours"), PHOTO_DPI)
-    return 0
+    fig = draw(pictures(val, chosen), found, labels, d, trained.class_names, title)
+    return save_figure(fig, output_path(out, run, "neighbours"), PHOTO_DPI)

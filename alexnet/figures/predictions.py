@@ -11,6 +11,7 @@ import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure
@@ -120,18 +121,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """``predictions`` subcommand."""
     trained = trained_from_args(args)
-    split_name = args.split or trained.cfg.data.val_split
-    views = args.crops or trained.cfg.eval.views
-    shown = choose(trained, split_name, args.images, args.errors_only, views, not args.no_progress)
+    options = (args.images, args.errors_only, args.split, args.crops, not args.no_progress)
+    figure(trained, args.run, *options, out=args.out)
+    return 0
+
+
+def figure(
+    trained: Trained,
+    run: Path,
+    images: int = 8,
+    errors_only: bool = False,
+    split: str | None = None,
+    views: int | None = None,
+    progress: bool = True,
+    out: Path | None = None,
+) -> Path | None:
+    """Draw ``images`` images of ``split`` (default: validation) with ``trained``'s top 5 over
+    ``views`` (default: the run's eval.views); returns the PNG written, None if none fits."""
+    split = split or trained.cfg.data.val_split
+    views = views or trained.cfg.eval.views
+    shown = choose(trained, split, images, errors_only, views, progress)
     if not shown:
         info("no image to show (no top-1 errors?)")
-        return 0
-    images = pictures(trained.split(split_name), [s.index for s in shown])
-    which = "top-1 errors" if args.errors_only else "images"
+        return None
+    photos = pictures(trained.split(split), [s.index for s in shown])
+    which = "top-1 errors" if errors_only else "images"
     title = (
-        f"{args.run}: validation {which} and the network's top {TOP} "
+        f"{run}: validation {which} and the network's top {TOP} "
         f"({views} view{'s' if views > 1 else ''}, softmax averaged)"
     )
-    fig = draw(images, shown, trained.class_names, title)
-    save_figure(fig, output_path(args.out, args.run, "predictions"), PHOTO_DPI)
-    return 0
+    fig = draw(photos, shown, trained.class_names, title)
+    return save_figure(fig, output_path(out, run, "predictions"), PHOTO_DPI)
