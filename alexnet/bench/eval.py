@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import torch
 
+from alexnet import cli
 from alexnet import runtime as runtime_lib
 from alexnet.atomic import write_json
 from alexnet.bench.common import hardware, interleaved, synchronize
@@ -28,7 +29,7 @@ from alexnet.bench.train import (
     report,
     settings,
 )
-from alexnet.config import Config, input_size, load_config
+from alexnet.config import Config, input_size
 from alexnet.training.engine import evaluate
 
 
@@ -56,7 +57,7 @@ def eval_rate(c: Candidate, batches: Iterator, steps: int, images: int) -> float
 
 def run(args: argparse.Namespace) -> int:
     check_counts(args)
-    cfg = load_config(args.config, args.set)
+    cfg = cli.config_from_args(args)
     rt = runtime_lib.setup(cfg.parallel, cfg.runtime)
     print(hardware())
     print(f"{settings(cfg)}; eval batch {cfg.eval.batch_size} images x {cfg.eval.views} views")

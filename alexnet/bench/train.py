@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from alexnet import cli
 from alexnet import runtime as runtime_lib
 from alexnet.atomic import write_json
 from alexnet.bench.common import hardware, interleaved, synchronize
-from alexnet.config import Config, input_size, load_config
+from alexnet.config import Config, input_size
 from alexnet.data.packed import PackedSplit, load_stats
 from alexnet.errors import UserError
 from alexnet.model import PaperLRN, build_model
@@ -56,14 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
     """The options ``bench train`` and ``bench eval`` share."""
-    p.add_argument("--config", help="YAML config (default: the paper's recipe)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override, e.g. runtime.dtype=bfloat16 (repeatable)",
-    )
+    cli.add_config_options(p)
     p.add_argument(
         "--compare",
         action="append",
@@ -200,7 +194,7 @@ def report(
 
 def run(args: argparse.Namespace) -> int:
     check_counts(args)
-    cfg = load_config(args.config, args.set)
+    cfg = cli.config_from_args(args)
     rt = runtime_lib.setup(cfg.parallel, cfg.runtime)
     print(hardware())
     print(settings(cfg))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from alexnet.config import input_size, load_config
+from alexnet import cli
+from alexnet.config import input_size
 from alexnet.errors import report_user_errors
 from alexnet.model.network import build_model
 from alexnet.model.summary import format_summary, summarize
@@ -23,19 +23,11 @@ def main(argv: list[str] | None = None) -> int:
         "  python -m alexnet.model --set model.conv1_geometry=crop227_valid",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", type=Path, help="YAML config (default: the paper's settings)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. model.lrn.k=1 (repeatable)",
-    )
+    cli.add_config_options(parser, what="the paper's settings")
     args = parser.parse_args(argv)
 
     def run() -> int:
-        cfg = load_config(args.config, args.overrides).model
+        cfg = cli.config_from_args(args).model
         model, size = build_model(cfg), input_size(cfg)
         params = sum(p.numel() for p in model.parameters())
         print(f"AlexNet: arch {cfg.arch}, conv1 {cfg.conv1_geometry}, {cfg.num_classes} classes")
