@@ -337,7 +337,9 @@ def test_confusion_rows_count_each_class_and_the_trace_is_the_accuracy(trained) 
 def test_all_writes_every_figure(tiny_run: Path, tmp_path: Path, capsys) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)  # tiny_run is read-only: draw into a copy
-    assert figures_main(["all", str(run), "--crops", "1", "--no-progress"]) == 0
+    assert (
+        figures_main(["all", str(run), "--crops", "1", "--batch-size", "8", "--no-progress"]) == 0
+    )
     for name in ("kernels", "predictions", "neighbours", "curves", "confusion"):
         width, height = png_size(run / "figures" / f"{name}.png")
         assert width > 500 and height > 300, name

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from alexnet import cli
 from alexnet.errors import report_user_errors
 from alexnet.figures import confusion, curves, kernels, neighbours, predictions, table
 from alexnet.figures.every import ALL, draw_all
@@ -51,9 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     every = sub.add_parser("all", help="every figure of one run", description=f"{', '.join(ALL)}")
     every.add_argument("run", type=Path, help="run folder")
-    every.add_argument("--device", help="cpu, cuda, ... (default: cuda:0 if present)")
     every.add_argument("--crops", type=int, choices=(1, 10), help="views (default: eval.views)")
-    every.add_argument("--no-progress", action="store_true", help="no progress bars")
+    cli.add_inference_options(every, workers_help="loader processes (default: the run's)")
     return p
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _all(args: argparse.Namespace) -> int:
-    draw_all(args.run, args.device, args.crops, not args.no_progress)
+    draw_all(args.run, args.device, args.crops, not args.no_progress, args.workers, args.batch_size)
     return 0
 
 

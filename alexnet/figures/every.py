@@ -12,11 +12,16 @@ ALL = ("kernels", "predictions", "neighbours", "curves", "confusion")  # what `a
 
 
 def draw_all(
-    run: Path, device: str | None = None, views: int | None = None, progress: bool = True
+    run: Path,
+    device: str | None = None,
+    views: int | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+    batch_size: int | None = None,
 ) -> list[Path]:
     """Each figure of ``ALL`` with its defaults into ``run/figures``, the figures that run the
     network over ``views`` (default: the run's eval.views); returns the PNGs written."""
-    trained = run_network(run, device=device)
+    trained = run_network(run, device=device, workers=workers, batch_size=batch_size)
     written = [
         kernels.figure(run),
         predictions.figure(trained, run, views=views, progress=progress),
