@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +21,17 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+# Held while descriptor 2 is redirected to catch the JPEG decoder's warnings (data/records.py),
+# and while a console line is written: a line of another thread landing in that window would
+# be taken for a warning about the image being decoded.
+STDERR = threading.RLock()
+
 
 def info(message: str, enabled: bool = True) -> None:
     """One console line that does not break an active tqdm bar."""
     if enabled:
-        tqdm.write(message, file=sys.stderr)
+        with STDERR:
+            tqdm.write(message, file=sys.stderr)
 
 
 class RunLog:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -159,3 +161,75 @@ def test_a_jpeg_that_decodes_with_a_warning_is_named_as_corrupt(
     assert caught.value.bad.index == 6 and "JPEG decoder: Corrupt JPEG data" in str(caught.value)
     assert "Corrupt JPEG data" not in capfd.readouterr().err  # caught, not printed
     assert torch.equal(split.image(5), PackedSplit(prepared_tiny, "val").image(5))
+
+
+# A thread that writes console lines (alexnet.log.info) while the main thread decodes clean JPEGs
+# with the strict decoder, thread switches as often as CPython allows. A process of its own:
+# under pytest's capture, sys.stderr does not write to descriptor 2.
+TALK_WHILE_DECODING = """
+import json, sys, threading, warnings
+warnings.simplefilter("ignore")
+import torch
+from torchvision.io import encode_jpeg
+from alexnet.data.records import DecodeError, decode_jpeg_strict
+from alexnet.log import info
+data = encode_jpeg(torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8), quality=90)
+sys.setswitchinterval(1e-6)
+stop, said = threading.Event(), [0]
+def talk():
+    while not stop.is_set():
+        info(f"line {said[0]}")
+        said[0] += 1
+t = threading.Thread(target=talk)
+t.start()
+caught = []
+for _ in range(3000):
+    try:
+        decode_jpeg_strict(data)
+    except DecodeError as err:
+        caught.append(str(err))
+stop.set()
+t.join()
+print(json.dumps({"said": said[0], "caught": caught[:3], "errors": len(caught)}))
+"""
+
+
+def test_console_lines_of_another_thread_are_neither_warnings_nor_lost() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", TALK_WHILE_DECODING], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["errors"] == 0, result["caught"]
+    assert result["said"] > 0
+    assert out.stderr.splitlines() == [f"line {i}" for i in range(result["said"])]
+
+
+# A Python warning raised while a clean JPEG decodes (as torchvision 0.29's deprecation notice is
+# under -X dev or -W default): the decode stands, and the warning is shown.
+WARN_WHILE_DECODING = """
+import io, warnings
+import torch
+import torchvision.io
+from PIL import Image
+from alexnet.data.records import decode_jpeg_strict
+real = torchvision.io.decode_jpeg
+def decode_jpeg(*args, **kwargs):
+    warnings.warn("a Python warning during the decode", UserWarning)
+    return real(*args, **kwargs)
+torchvision.io.decode_jpeg = decode_jpeg
+warnings.simplefilter("always")
+jpeg = io.BytesIO()
+Image.new("RGB", (64, 48), (10, 200, 30)).save(jpeg, "JPEG")
+data = torch.frombuffer(bytearray(jpeg.getvalue()), dtype=torch.uint8)
+print([tuple(decode_jpeg_strict(data).shape) for _ in range(2)])
+"""
+
+
+def test_python_warnings_during_a_decode_are_shown_not_taken_for_the_decoders() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", WARN_WHILE_DECODING], capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[(3, 48, 64), (3, 48, 64)]"
+    assert out.stderr.count("UserWarning: a Python warning during the decode") == 2

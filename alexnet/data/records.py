@@ -14,15 +14,15 @@ import os
 import re
 import sys
 import tempfile
-import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO
 
 import torch
 
 from alexnet.errors import UserError
+from alexnet.log import STDERR
 
 
 @dataclass(frozen=True)
@@ -74,13 +74,18 @@ def decode_jpeg_strict(
             return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
         except RuntimeError as err:
             raise DecodeError(_first_line(err)) from None
-    with _LOCK, _c_stderr_caught() as caught:
-        try:
-            out = decode_jpeg(data, mode=ImageReadMode.RGB)
-        except RuntimeError as err:
-            raise DecodeError(_first_line(err)) from None
-    if caught:
-        raise DecodeError("; ".join(caught))
+    with STDERR:
+        # Python's warnings (torchvision's deprecation notice, shown under -X dev or -W default)
+        # are not the decoder's: kept out of the window, and shown after it
+        with warnings.catch_warnings(record=True) as said, _c_stderr_caught() as caught:
+            try:
+                out, failed = decode_jpeg(data, mode=ImageReadMode.RGB), None
+            except RuntimeError as err:
+                out, failed = None, _first_line(err)
+        for w in said:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    if failed or caught:
+        raise DecodeError(failed or "; ".join(caught))
     return out
 
 
@@ -90,10 +95,10 @@ def _first_line(err: Exception) -> str:
     return re.sub(r"^\w+, \S+\.(cpp|cu):\d+, ", "", line)
 
 
-# Descriptor 2 belongs to the process: one redirection at a time. Each process opens its own
-# file (a forked loader worker must not share the parent's file offset).
-_LOCK = threading.Lock()
-_SINK: dict[int, IO[bytes]] = {}
+# Descriptor 2 belongs to the process: one redirection at a time, and no console line of ours
+# meanwhile (log.STDERR). Each process opens its own file (a forked loader worker must not
+# share the parent's file offset).
+_SINK: dict[int, int] = {}  # process id -> descriptor of an unlinked file, open for life
 
 
 @contextmanager
@@ -105,7 +110,9 @@ def _c_stderr_caught() -> Iterator[list[str]]:
     """
     sink = _SINK.get(os.getpid())
     if sink is None:
-        sink = _SINK[os.getpid()] = tempfile.TemporaryFile()
+        sink, name = tempfile.mkstemp(prefix="alexnet-stderr-")
+        os.unlink(name)
+        _SINK[os.getpid()] = sink
     lines: list[str] = []
     sys.stderr.flush()
     try:
@@ -114,20 +121,20 @@ def _c_stderr_caught() -> Iterator[list[str]]:
         yield lines
         return
     try:
-        os.dup2(sink.fileno(), 2)
+        os.dup2(sink, 2)
         yield lines
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-        if os.lseek(sink.fileno(), 0, os.SEEK_END):  # rare: read only when something came
+        if os.lseek(sink, 0, os.SEEK_END):  # rare: read only when something came
             lines += _drain(sink)
 
 
-def _drain(sink: IO[bytes]) -> list[str]:
-    os.lseek(sink.fileno(), 0, os.SEEK_SET)
-    text = os.read(sink.fileno(), 1 << 16).decode(errors="replace")
-    os.ftruncate(sink.fileno(), 0)
-    os.lseek(sink.fileno(), 0, os.SEEK_SET)
+def _drain(sink: int) -> list[str]:
+    os.lseek(sink, 0, os.SEEK_SET)
+    text = os.read(sink, 1 << 16).decode(errors="replace")
+    os.ftruncate(sink, 0)
+    os.lseek(sink, 0, os.SEEK_SET)
     passed = [line for line in text.split("\n") if line.startswith("\r")]
     if passed:
         os.write(2, "\n".join(passed).encode())
